@@ -1,0 +1,144 @@
+"""The ToolActor application factory: state is built in the lifespan and injected."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from toolsim import __version__
+from toolsim.http import install_error_handlers
+from toolsim.llm.base import LLMBackend
+from toolsim.llm.factory import build_backend
+from toolsim.registry import MemoryRegistry, RedisRegistry, Registry
+from toolsim_toolactor.cache import MemoryCache, ObservationCache, RedisCache
+from toolsim_toolactor.config import ActorSettings
+from toolsim_toolactor.metrics import ActorMetrics
+from toolsim_toolactor.routes import episodes, system, tool_calls, toolsets
+from toolsim_toolactor.serving import ToolActorService
+from toolsim_toolactor.simulator import Simulator
+from toolsim_toolactor.state import ActorState
+
+
+def create_app(
+    settings: ActorSettings | None = None,
+    *,
+    backend: LLMBackend | None = None,
+    cache: ObservationCache | None = None,
+    registry: Registry | None = None,
+) -> FastAPI:
+    """Build the app. Parts passed in replace the ones the settings would build."""
+    settings = settings or ActorSettings()
+    metrics = ActorMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis_client = _redis(settings)
+        llm = backend or build_backend(settings)
+        obs_cache = cache or _cache(settings, redis_client, metrics)
+        reg = registry or _registry(settings, redis_client)
+        await llm.start()
+        simulator = Simulator(
+            llm,
+            metrics,
+            temperature=settings.temperature,
+            max_tokens=settings.max_tokens,
+            max_attempts=settings.max_generation_attempts,
+            timeout_s=settings.llm_timeout_s,
+            max_concurrent=settings.max_concurrent_generations,
+        )
+        service = ToolActorService(
+            registry=reg,
+            cache=obs_cache,
+            simulator=simulator,
+            metrics=metrics,
+            model_name=llm.model_name,
+            default_seed=settings.default_seed,
+            history_events=settings.history_events,
+        )
+        app.state.actor = ActorState(settings, llm, obs_cache, reg, metrics, service)
+        try:
+            yield
+        finally:
+            await llm.aclose()
+            await obs_cache.aclose()
+            if redis_client is not None:
+                await redis_client.aclose()
+
+    app = FastAPI(
+        title="toolsim ToolActor",
+        version=__version__,
+        description="Simulated tool observations over OpenAI wire formats.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for module in (tool_calls, toolsets, episodes, system):
+        app.include_router(module.router)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def _redis(settings: ActorSettings) -> aioredis.Redis | None:
+    if settings.redis_url is None:
+        return None
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=0.5,
+        socket_timeout=1.0,
+        health_check_interval=10,
+        retry_on_timeout=False,
+    )
+
+
+def _cache(
+    settings: ActorSettings, client: aioredis.Redis | None, metrics: ActorMetrics
+) -> ObservationCache:
+    if client is None:
+        return MemoryCache(settings.memory_cache_size)
+
+    def on_error() -> None:
+        metrics.cache_errors.inc()
+        metrics.cache_degraded.set(1)
+
+    return RedisCache(
+        client, prefix=settings.redis_prefix, ttl_s=settings.cache_ttl_s, on_error=on_error
+    )
+
+
+def _registry(settings: ActorSettings, client: aioredis.Redis | None) -> Registry:
+    if client is None:
+        return MemoryRegistry()
+    return RedisRegistry(client, prefix=settings.redis_prefix, episode_ttl_s=settings.episode_ttl_s)
+
+
+class MetricsMiddleware:
+    """Counts requests and times them by route template (a plain ASGI middleware: cheap)."""
+
+    def __init__(self, app: ASGIApp, metrics: ActorMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", "unmatched")
+            self.metrics.requests.labels(label, str(status)).inc()
+            self.metrics.latency.labels(label).observe(time.perf_counter() - started)

@@ -1,0 +1,34 @@
+"""ToolActor settings: the one typed configuration of the process (prefix ``TOOLSIM_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from toolsim.config import CommonSettings
+
+
+class ActorSettings(CommonSettings):
+    host: str = "127.0.0.1"
+    """Interface the ToolActor listens on."""
+    port: int = Field(default=8001, ge=1, le=65535)
+    """Port the ToolActor listens on."""
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    """Largest request body accepted; larger ones get 413."""
+    cache_ttl_s: int = Field(default=7 * 86_400, ge=1)
+    """How long a cached observation lives in Redis."""
+    memory_cache_size: int = Field(default=100_000, ge=1)
+    """Entries kept by the in-memory LRU cache (used when no Redis URL is set)."""
+    episode_ttl_s: int = Field(default=86_400, ge=60)
+    """How long an episode and its history live after creation."""
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    """Sampling temperature of the simulator."""
+    max_tokens: int = Field(default=384, ge=16, le=4096)
+    """Longest observation, in tokens; a longer one is regenerated."""
+    max_generation_attempts: int = Field(default=3, ge=1, le=10)
+    """Generations tried (each with a new seed) before a call fails with 502."""
+    default_seed: int = 0
+    """Seed used when neither the request nor its episode gives one."""
+    history_events: int = Field(default=8, ge=0, le=64)
+    """Earlier calls of the episode shown to the simulator."""
+    max_concurrent_generations: int = Field(default=64, ge=1)
+    """Generations in flight at once; more wait (the backend batches what is in flight)."""

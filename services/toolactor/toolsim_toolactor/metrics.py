@@ -1,0 +1,54 @@
+"""Prometheus metrics of one ToolActor, on a registry of its own (apps never share one)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class ActorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "toolsim_requests", "HTTP requests answered", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "toolsim_request_latency_seconds",
+            "Request latency",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.observations = Counter(
+            "toolsim_observations", "Observations returned", ["source"], registry=r
+        )
+        self.generation_latency = Histogram(
+            "toolsim_generation_latency_seconds",
+            "Latency of one backend generation",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cache_hits = Counter("toolsim_cache_hits", "Observation cache hits", registry=r)
+        self.cache_misses = Counter("toolsim_cache_misses", "Observation cache misses", registry=r)
+        self.cache_errors = Counter(
+            "toolsim_cache_errors", "Cache operations that failed (cache bypassed)", registry=r
+        )
+        self.coalesced = Counter(
+            "toolsim_coalesced_calls", "Calls answered by an identical in-flight call", registry=r
+        )
+        self.retries = Counter(
+            "toolsim_generation_retries", "Generations retried", ["reason"], registry=r
+        )
+        self.schema_violations = Counter(
+            "toolsim_schema_violations",
+            "Generations that failed the output schema (or were not JSON)",
+            registry=r,
+        )
+        self.backend_errors = Counter(
+            "toolsim_backend_errors", "Calls that failed in the LLM backend", ["code"], registry=r
+        )
+        self.cache_degraded = Gauge(
+            "toolsim_cache_degraded", "1 while the Redis cache is unreachable", registry=r
+        )

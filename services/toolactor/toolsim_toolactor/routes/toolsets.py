@@ -1,0 +1,56 @@
+"""Toolsets: registration, lookup, their tools as REST endpoints, and their OpenAPI document."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Header, Query, Request
+from starlette.responses import Response
+
+from toolsim.http import JSONBytesResponse, parse_json, read_body
+from toolsim.toolsets import Toolset
+from toolsim_toolactor.openapi import toolset_openapi
+from toolsim_toolactor.protocol import ToolsetCreate
+from toolsim_toolactor.routes.common import parse_model
+from toolsim_toolactor.state import actor_state
+
+router = APIRouter(tags=["toolsets"])
+
+
+def _toolset_out(toolset: Toolset) -> dict[str, object]:
+    return toolset.to_record()
+
+
+@router.post("/v1/toolsets", status_code=201)
+async def create_toolset(request: Request) -> Response:
+    state = actor_state(request)
+    body = parse_model(ToolsetCreate, await read_body(request, state.settings.max_body_bytes))
+    toolset = await state.service.register_toolset(body.tools, body.output_schemas, body.stateful)
+    return JSONBytesResponse(_toolset_out(toolset), status_code=201)
+
+
+@router.get("/v1/toolsets/{toolset_id}")
+async def get_toolset(toolset_id: str, request: Request) -> Response:
+    toolset = await actor_state(request).service.get_toolset(toolset_id)
+    return JSONBytesResponse(_toolset_out(toolset))
+
+
+@router.get("/v1/toolsets/{toolset_id}/openapi.json")
+async def toolset_openapi_document(toolset_id: str, request: Request) -> Response:
+    toolset = await actor_state(request).service.get_toolset(toolset_id)
+    server = str(request.base_url).rstrip("/")
+    return JSONBytesResponse(toolset_openapi(toolset, server))
+
+
+@router.post("/v1/toolsets/{toolset_id}/tools/{name}")
+async def call_tool(
+    toolset_id: str,
+    name: str,
+    request: Request,
+    x_episode_id: str | None = Header(default=None),
+    seed: int | None = Query(default=None),
+) -> Response:
+    state = actor_state(request)
+    arguments = parse_json(await read_body(request, state.settings.max_body_bytes))
+    observation = await state.service.call_tool(toolset_id, name, arguments, x_episode_id, seed)
+    return JSONBytesResponse(
+        observation.content, headers={"X-Toolsim-Source": observation.source}
+    )

@@ -1,0 +1,294 @@
+"""The ToolActor's logic: resolve the toolset, validate, look up, coalesce, simulate.
+
+One observation's life: arguments are validated against the tool's ``parameters``; the cache
+key is a digest of everything that determines the observation; a hit is returned as stored;
+a miss joins an identical in-flight generation or starts one, and only a valid observation
+is written back. Nothing here knows which cache or backend it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from toolsim.errors import (
+    EpisodeNotFoundError,
+    InvalidRequestError,
+    ToolNotFoundError,
+    ToolsetNotFoundError,
+)
+from toolsim.jsonutil import digest
+from toolsim.registry import Registry
+from toolsim.toolsets import Tool, Toolset, build_toolset, toolset_from_record
+from toolsim_toolactor.cache import ObservationCache
+from toolsim_toolactor.metrics import ActorMetrics
+from toolsim_toolactor.prompt import PROMPT_VERSION, EpisodeContext
+from toolsim_toolactor.protocol import EpisodeCreate, ToolCallsRequest
+from toolsim_toolactor.simulator import Simulator
+
+Source = Literal["cache", "simulated"]
+TOOLSET_LRU_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class Observation:
+    content: bytes
+    """The observation as compact JSON."""
+    source: Source
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class Episode:
+    id: str
+    toolset_id: str
+    seed: int
+    grounding: dict[str, Any] | None
+    grounding_digest: str | None
+
+
+class ToolActorService:
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        cache: ObservationCache,
+        simulator: Simulator,
+        metrics: ActorMetrics,
+        model_name: str,
+        default_seed: int,
+        history_events: int,
+    ) -> None:
+        self._registry = registry
+        self._cache = cache
+        self._simulator = simulator
+        self._metrics = metrics
+        self._model_name = model_name
+        self._default_seed = default_seed
+        self._history_events = history_events
+        self._toolsets: OrderedDict[str, Toolset] = OrderedDict()
+        self._inline_ids: OrderedDict[str, str] = OrderedDict()
+        self._inflight: dict[str, asyncio.Task[bytes]] = {}
+
+    # -- toolsets ---------------------------------------------------------------------------
+
+    async def register_toolset(
+        self,
+        tools: list[dict[str, Any]],
+        output_schemas: dict[str, Any] | None,
+        stateful: dict[str, bool] | None,
+    ) -> Toolset:
+        toolset = build_toolset(tools, output_schemas, stateful)
+        await self._registry.put_toolset(toolset.to_record())
+        self._remember(toolset)
+        return toolset
+
+    async def get_toolset(self, toolset_id: str) -> Toolset:
+        toolset = self._toolsets.get(toolset_id)
+        if toolset is not None:
+            return toolset
+        record = await self._registry.get_toolset(toolset_id)
+        if record is None:
+            raise ToolsetNotFoundError(f"no toolset {toolset_id!r}", param="toolset_id")
+        toolset = toolset_from_record(record)
+        self._remember(toolset)
+        return toolset
+
+    def inline_toolset(self, request: ToolCallsRequest) -> Toolset:
+        """Validate inline tools once; later requests with the same tools reuse the result."""
+        raw = {"t": request.tools, "o": request.output_schemas, "s": request.stateful}
+        key = digest(raw)
+        toolset_id = self._inline_ids.get(key)
+        if toolset_id is not None and toolset_id in self._toolsets:
+            return self._toolsets[toolset_id]
+        toolset = build_toolset(request.tools or [], request.output_schemas, request.stateful)
+        self._remember(toolset)
+        self._inline_ids[key] = toolset.id
+        _trim(self._inline_ids)
+        return toolset
+
+    def _remember(self, toolset: Toolset) -> None:
+        self._toolsets[toolset.id] = toolset
+        self._toolsets.move_to_end(toolset.id)
+        _trim(self._toolsets)
+
+    # -- episodes ---------------------------------------------------------------------------
+
+    async def create_episode(self, body: EpisodeCreate) -> Episode:
+        await self.get_toolset(body.toolset_id)  # 404 before anything is stored
+        grounding = body.grounding.model_dump() if body.grounding is not None else None
+        meta = {
+            "toolset_id": body.toolset_id,
+            "seed": body.seed if body.seed is not None else secrets.randbits(31),
+            "grounding": grounding,
+            "grounding_digest": digest(grounding) if grounding is not None else None,
+        }
+        episode_id = "ep_" + secrets.token_hex(12)
+        await self._registry.create_episode(episode_id, meta)
+        return Episode(id=episode_id, **meta)
+
+    async def get_episode(self, episode_id: str, *, param: str = "episode_id") -> Episode:
+        meta = await self._registry.get_episode(episode_id)
+        if meta is None:
+            raise EpisodeNotFoundError(f"no episode {episode_id!r} (or it expired)", param=param)
+        return Episode(id=episode_id, **meta)
+
+    # -- calls ------------------------------------------------------------------------------
+
+    async def tool_calls(self, request: ToolCallsRequest) -> list[Observation]:
+        if request.toolset_id is not None:
+            toolset = await self.get_toolset(request.toolset_id)
+        else:
+            toolset = self.inline_toolset(request)
+        calls = [
+            (
+                _tool(toolset, call.function.name, f"tool_calls[{i}].function.name"),
+                call.function.arguments,
+                f"tool_calls[{i}].function.arguments.",
+            )
+            for i, call in enumerate(request.tool_calls)
+        ]
+        parsed = [(tool, tool.parse_arguments(args, param_prefix=p)) for tool, args, p in calls]
+        return await self._observe(toolset, parsed, request.episode_id, request.seed)
+
+    async def call_tool(
+        self,
+        toolset_id: str,
+        name: str,
+        arguments: Any,
+        episode_id: str | None,
+        seed: int | None,
+    ) -> Observation:
+        toolset = await self.get_toolset(toolset_id)
+        tool = _tool(toolset, name, "name")
+        args = tool.check_arguments(arguments)
+        (observation,) = await self._observe(toolset, [(tool, args)], episode_id, seed)
+        return observation
+
+    async def _observe(
+        self,
+        toolset: Toolset,
+        calls: list[tuple[Tool, dict[str, Any]]],
+        episode_id: str | None,
+        seed: int | None,
+    ) -> list[Observation]:
+        episode, context = await self._episode_context(toolset, episode_id)
+        if seed is None:
+            seed = episode.seed if episode is not None else self._default_seed
+        history_digest = digest(context.history) if context is not None else None
+        if len(calls) == 1:  # the common case: no task or gather on the hot path
+            observations = [await self._one(*calls[0], episode, context, seed, history_digest)]
+        else:
+            observations = list(
+                await asyncio.gather(
+                    *(self._one(t, a, episode, context, seed, history_digest) for t, a in calls)
+                )
+            )
+        if episode is not None:
+            events = [
+                {"tool": tool.name, "arguments": args, "observation": obs.content.decode()}
+                for (tool, args), obs in zip(calls, observations, strict=True)
+            ]
+            await self._registry.append_events(episode.id, events)
+        return observations
+
+    async def _episode_context(
+        self, toolset: Toolset, episode_id: str | None
+    ) -> tuple[Episode | None, EpisodeContext | None]:
+        if episode_id is None:
+            return None, None
+        episode = await self.get_episode(episode_id)
+        if episode.toolset_id != toolset.id:
+            raise InvalidRequestError(
+                f"episode {episode_id!r} belongs to toolset {episode.toolset_id!r}, "
+                f"not {toolset.id!r}",
+                param="episode_id",
+            )
+        history = await self._registry.episode_events(episode_id)
+        recent = history[-self._history_events :] if self._history_events else []
+        return episode, EpisodeContext(episode_id, episode.grounding, recent)
+
+    async def _one(
+        self,
+        tool: Tool,
+        arguments: dict[str, Any],
+        episode: Episode | None,
+        context: EpisodeContext | None,
+        seed: int,
+        history_digest: str | None,
+    ) -> Observation:
+        started = time.perf_counter()
+        key = digest(
+            {
+                "v": PROMPT_VERSION,
+                "m": self._model_name,
+                "t": tool.digest,
+                "a": arguments,
+                "g": episode.grounding_digest if episode is not None else None,
+                "s": seed,
+                "h": history_digest if tool.stateful else None,
+            }
+        )
+        cached = await self._cache.get(key)
+        if cached is not None:
+            self._metrics.cache_hits.inc()
+            self._metrics.observations.labels("cache").inc()
+            return Observation(cached, "cache", (time.perf_counter() - started) * 1000)
+        self._metrics.cache_misses.inc()
+        content = await self._coalesced(key, tool, arguments, context, seed)
+        self._metrics.observations.labels("simulated").inc()
+        return Observation(content, "simulated", (time.perf_counter() - started) * 1000)
+
+    async def _coalesced(
+        self,
+        key: str,
+        tool: Tool,
+        arguments: dict[str, Any],
+        context: EpisodeContext | None,
+        seed: int,
+    ) -> bytes:
+        task = self._inflight.get(key)
+        if task is not None:
+            self._metrics.coalesced.inc()
+        else:
+            task = asyncio.ensure_future(self._generate(key, tool, arguments, context, seed))
+            self._inflight[key] = task
+            task.add_done_callback(lambda t: self._finished(key, t))
+        # shield: a caller that goes away must not cancel a generation others wait for
+        return await asyncio.shield(task)
+
+    def _finished(self, key: str, task: asyncio.Task[bytes]) -> None:
+        self._inflight.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # mark retrieved: every waiter may have gone away
+
+    async def _generate(
+        self,
+        key: str,
+        tool: Tool,
+        arguments: dict[str, Any],
+        context: EpisodeContext | None,
+        seed: int,
+    ) -> bytes:
+        content = await self._simulator.simulate(tool, arguments, context, seed)
+        await self._cache.set(key, content)  # only reached with a valid observation
+        return content
+
+
+def _tool(toolset: Toolset, name: str, param: str) -> Tool:
+    tool = toolset.tools.get(name)
+    if tool is None:
+        raise ToolNotFoundError(
+            f"toolset {toolset.id!r} has no tool {name!r} (it has: {sorted(toolset.tools)})",
+            param=param,
+        )
+    return tool
+
+
+def _trim(mapping: OrderedDict[str, Any]) -> None:
+    while len(mapping) > TOOLSET_LRU_SIZE:
+        mapping.popitem(last=False)

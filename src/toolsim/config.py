@@ -1,0 +1,74 @@
+"""Settings shared by every toolsim process (prefix ``TOOLSIM_``).
+
+Each service subclasses ``CommonSettings`` with its own fields, so one process still has one
+typed settings class. Nothing is read at import time: ``load()`` builds settings when asked,
+and tests pass overrides as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from toolsim.model import MODEL_DIRNAME
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "toolsim"
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TOOLSIM_", extra="ignore")
+
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    """Where the converted model and the vLLM venv live (default ``~/.cache/toolsim``)."""
+    model_dir: Path | None = None
+    """The model folder; default ``<cache_dir>/models/SmolLM2-135M-Instruct``."""
+    backend: Literal["embedded", "vllm"] = "embedded"
+    """Which LLM backend simulates tools: the in-process model or an OpenAI-compatible server."""
+    vllm_url: str = "http://127.0.0.1:8000/v1"
+    """Base URL (ending in ``/v1``) of the OpenAI-compatible server when ``backend=vllm``."""
+    vllm_model: str = "smollm2"
+    """The model name the server serves (``--served-model-name``)."""
+    vllm_api_key: str | None = None
+    """Bearer token for the server, if it wants one."""
+    llm_timeout_s: float = Field(default=120.0, gt=0)
+    """Longest wait for one generation before the call fails with 503."""
+    llm_connect_retries: int = Field(default=2, ge=0, le=10)
+    """Retries on connection errors and 502/503 from the server (with backoff)."""
+    embedded_max_batch: int = Field(default=16, ge=1, le=256)
+    """Most concurrent generations the embedded backend decodes as one batch."""
+    embedded_batch_wait_ms: float = Field(default=5.0, ge=0)
+    """How long the embedded backend waits for more requests to join a batch."""
+    embedded_threads: int | None = Field(default=None, ge=1)
+    """torch threads for the embedded backend (default: torch's choice)."""
+    redis_url: str | None = None
+    """``redis://host:port/db``: share the cache and registry through Redis. Unset: in memory."""
+    redis_prefix: str = "toolsim:"
+    """Prefix of every Redis key toolsim writes."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level of the service."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.redis_url is not None and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ValueError(
+                f"TOOLSIM_REDIS_URL={self.redis_url!r} is not a Redis URL; "
+                "use redis://host:port/db (or unset it for the in-memory default)"
+            )
+        if self.backend == "vllm" and not self.vllm_url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"TOOLSIM_VLLM_URL={self.vllm_url!r} must be an http(s) URL ending in /v1"
+            )
+        return self
+
+    @property
+    def resolved_model_dir(self) -> Path:
+        return self.model_dir or self.cache_dir / "models" / MODEL_DIRNAME

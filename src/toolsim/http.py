@@ -1,0 +1,102 @@
+"""HTTP plumbing shared by the services: the error envelope, bodies, fast JSON responses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from toolsim.errors import InvalidRequestError, PayloadTooLargeError, ToolsimError
+
+log = logging.getLogger(__name__)
+
+
+class JSONBytesResponse(Response):
+    """A response whose body is already JSON bytes (or anything orjson can encode)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        if isinstance(content, bytes):
+            return content
+        return orjson.dumps(content)
+
+
+def error_response(exc: ToolsimError) -> Response:
+    return JSONBytesResponse(exc.to_envelope(), status_code=exc.status_code, headers=exc.headers())
+
+
+def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRequestError:
+    """The first pydantic error as an ``InvalidRequestError`` whose ``param`` is its path."""
+    first = exc.errors()[0]
+    loc = [p for p in first.get("loc", ()) if p != "body"]
+    param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    return InvalidRequestError(f"{param or 'body'}: {first.get('msg', 'invalid')}", param=param or None)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes with 413 (before reading it all)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"request body of {declared} bytes exceeds {limit} bytes")
+    if declared is not None:
+        body = await request.body()
+    else:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+    if len(body) > limit:
+        raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
+    return body
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from exc
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every failure leaves as the OpenAI envelope; no stack trace reaches a client."""
+
+    async def on_toolsim(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ToolsimError)
+        return error_response(exc)
+
+    async def on_validation(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError | ValidationError)
+        return error_response(validation_error(exc))
+
+    async def on_http(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        envelope = {
+            "error": {
+                "message": str(exc.detail),
+                "type": "invalid_request_error",
+                "param": None,
+                "code": code,
+            }
+        }
+        return JSONBytesResponse(envelope, status_code=exc.status_code)
+
+    async def on_unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", exc_info=exc)
+        return error_response(ToolsimError("internal error; see the server log"))
+
+    app.add_exception_handler(ToolsimError, on_toolsim)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(ValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)

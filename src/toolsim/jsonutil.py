@@ -1,0 +1,18 @@
+"""Canonical JSON and content digests: the basis of ids and cache keys."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+
+def canonical(value: Any) -> bytes:
+    """Compact JSON with sorted keys: equal values give equal bytes."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def digest(value: Any) -> str:
+    """sha256 hex digest of the canonical JSON of ``value``."""
+    return hashlib.sha256(canonical(value)).hexdigest()

@@ -1,0 +1,61 @@
+"""The LLM backend seam: one abstract client, two real implementations.
+
+``VLLMBackend`` talks to any OpenAI-compatible server over HTTP (vLLM in production);
+``EmbeddedBackend`` runs the packaged model in process with xgrammar-constrained decoding.
+Callers hold an ``LLMBackend`` and never know which one it is.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One chat generation, optionally constrained to a JSON Schema."""
+
+    messages: list[dict[str, str]]
+    json_schema: dict[str, Any] | None = None
+    seed: int = 0
+    temperature: float = 0.7
+    max_tokens: int = 256
+    choices: list[str] | None = field(default=None)
+    """When set, the output must be exactly one of these strings (choice-constrained)."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The text a backend produced and why it stopped."""
+
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class LLMBackend(abc.ABC):
+    """An engine client: turns a ``GenerationRequest`` into a ``Generation``.
+
+    Implementations raise ``toolsim.errors.BackendUnavailableError`` when the engine cannot
+    be reached or times out, never a transport-specific exception.
+    """
+
+    model_name: str
+
+    @abc.abstractmethod
+    async def generate(self, request: GenerationRequest) -> Generation:
+        """Generate one completion."""
+
+    @abc.abstractmethod
+    async def ready(self) -> bool:
+        """Whether the engine can take requests now (cheap; used by ``/ready``)."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Load or connect; called once from the service lifespan."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release resources; called once from the service lifespan."""

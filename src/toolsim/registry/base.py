@@ -1,0 +1,44 @@
+"""The registry seam. Records are plain JSON-able dicts; each write is whole or absent."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+JSONDict = dict[str, Any]
+
+
+class Registry(abc.ABC):
+    """Stores toolsets (forever, content-addressed) and episodes (with a TTL).
+
+    Implementations raise ``toolsim.errors.StoreUnavailableError`` when their store cannot
+    be reached.
+    """
+
+    @abc.abstractmethod
+    async def put_toolset(self, record: JSONDict) -> None:
+        """Store a toolset record under ``record["id"]``; storing it twice is a no-op."""
+
+    @abc.abstractmethod
+    async def get_toolset(self, toolset_id: str) -> JSONDict | None:
+        """The record, or None when no such toolset exists."""
+
+    @abc.abstractmethod
+    async def create_episode(self, episode_id: str, meta: JSONDict) -> None:
+        """Store a new episode's metadata."""
+
+    @abc.abstractmethod
+    async def get_episode(self, episode_id: str) -> JSONDict | None:
+        """The episode's metadata, or None when it does not exist (or expired)."""
+
+    @abc.abstractmethod
+    async def append_events(self, episode_id: str, events: list[JSONDict]) -> None:
+        """Append tool call events (call + observation) to an episode's history."""
+
+    @abc.abstractmethod
+    async def episode_events(self, episode_id: str) -> list[JSONDict]:
+        """The episode's history, oldest first."""
+
+    async def ping(self) -> bool:
+        """Whether the store answers now."""
+        return True

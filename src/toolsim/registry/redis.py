@@ -1,0 +1,76 @@
+"""Redis registry: shared by every process; toolsets persist as long as Redis does."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from toolsim.errors import StoreUnavailableError
+from toolsim.registry.base import JSONDict, Registry
+
+T = TypeVar("T")
+
+
+class RedisRegistry(Registry):
+    def __init__(
+        self, client: aioredis.Redis, *, prefix: str = "toolsim:", episode_ttl_s: int = 86_400
+    ) -> None:
+        self._r = client
+        self._prefix = prefix
+        self._episode_ttl_s = episode_ttl_s
+
+    def _toolset_key(self, toolset_id: str) -> str:
+        return f"{self._prefix}toolset:{toolset_id}"
+
+    def _episode_key(self, episode_id: str) -> str:
+        return f"{self._prefix}episode:{episode_id}"
+
+    async def put_toolset(self, record: JSONDict) -> None:
+        # One SET of the whole record: readers see all of it or nothing.
+        await self._call(lambda: self._r.set(self._toolset_key(record["id"]), orjson.dumps(record), nx=True))
+
+    async def get_toolset(self, toolset_id: str) -> JSONDict | None:
+        raw = await self._call(lambda: self._r.get(self._toolset_key(toolset_id)))
+        return orjson.loads(raw) if raw is not None else None
+
+    async def create_episode(self, episode_id: str, meta: JSONDict) -> None:
+        key = self._episode_key(episode_id)
+        await self._call(lambda: self._r.set(key, orjson.dumps(meta), ex=self._episode_ttl_s))
+
+    async def get_episode(self, episode_id: str) -> JSONDict | None:
+        raw = await self._call(lambda: self._r.get(self._episode_key(episode_id)))
+        return orjson.loads(raw) if raw is not None else None
+
+    async def append_events(self, episode_id: str, events: list[JSONDict]) -> None:
+        if not events:
+            return
+        key = self._episode_key(episode_id) + ":events"
+
+        async def push() -> None:
+            async with self._r.pipeline(transaction=True) as pipe:
+                pipe.rpush(key, *[orjson.dumps(e) for e in events])
+                pipe.expire(key, self._episode_ttl_s)
+                await pipe.execute()
+
+        await self._call(push)
+
+    async def episode_events(self, episode_id: str) -> list[JSONDict]:
+        key = self._episode_key(episode_id) + ":events"
+        raw = await self._call(lambda: self._r.lrange(key, 0, -1))
+        return [orjson.loads(item) for item in raw]
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._r.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await op()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailableError(f"the registry's Redis is unreachable: {exc}") from exc

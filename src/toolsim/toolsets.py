@@ -1,0 +1,244 @@
+"""Toolsets: validated OpenAI tool definitions with their output schemas.
+
+A toolset is content-addressed: its id is a digest of its canonical JSON, so the same tools
+always get the same id, in every process. Validation happens once, when a toolset is built;
+the compiled argument validators are kept on the ``Tool`` objects for the hot path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError, ValidationError
+
+from toolsim.errors import InvalidArgumentsError, InvalidToolDefinitionError
+from toolsim.jsonutil import canonical, digest
+
+NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+MAX_TOOLS = 128
+MAX_DESCRIPTION_CHARS = 4096
+
+DEFAULT_OUTPUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "result": {
+            "type": "string",
+            "description": "What the tool returned, as the real tool would phrase it.",
+            "maxLength": 600,
+        }
+    },
+    "required": ["result"],
+    "additionalProperties": False,
+}
+"""Output schema for a tool registered without one: ``{"result": "<text>"}``."""
+
+
+@dataclass(frozen=True)
+class Tool:
+    """One tool: its OpenAI definition, output schema and compiled argument validator."""
+
+    name: str
+    definition: dict[str, Any]
+    output_schema: dict[str, Any]
+    stateful: bool
+    digest: str
+    """Digest of definition + output schema + statefulness: part of every cache key."""
+    validator: Draft202012Validator = field(repr=False, compare=False)
+    output_validator: Draft202012Validator = field(repr=False, compare=False)
+
+    @property
+    def description(self) -> str:
+        return str(self.definition["function"].get("description") or "")
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        params: dict[str, Any] = self.definition["function"].get("parameters") or {
+            "type": "object",
+            "properties": {},
+        }
+        return params
+
+    def parse_arguments(self, arguments: str, *, param_prefix: str = "") -> dict[str, Any]:
+        """Parse the JSON-encoded arguments of a tool call and validate them.
+
+        Raises ``InvalidArgumentsError`` whose ``param`` names the offending field.
+        """
+        import orjson
+
+        try:
+            value = orjson.loads(arguments) if arguments.strip() else {}
+        except orjson.JSONDecodeError as exc:
+            raise InvalidArgumentsError(
+                f"arguments of tool {self.name!r} are not valid JSON: {exc}",
+                param=param_prefix.rstrip(".") or None,
+            ) from exc
+        return self.check_arguments(value, param_prefix=param_prefix)
+
+    def check_arguments(self, value: Any, *, param_prefix: str = "") -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise InvalidArgumentsError(
+                f"arguments of tool {self.name!r} must be a JSON object",
+                param=param_prefix.rstrip(".") or None,
+            )
+        error = _first_error(self.validator, value)
+        if error is not None:
+            raise InvalidArgumentsError(
+                f"invalid arguments for tool {self.name!r}: {error.message}",
+                param=param_prefix + _field_path(error),
+            )
+        return value
+
+
+@dataclass(frozen=True)
+class Toolset:
+    id: str
+    tools: dict[str, Tool]
+
+    def definitions(self) -> list[dict[str, Any]]:
+        return [tool.definition for tool in self.tools.values()]
+
+    def output_schemas(self) -> dict[str, dict[str, Any]]:
+        return {name: tool.output_schema for name, tool in self.tools.items()}
+
+    def stateful(self) -> dict[str, bool]:
+        return {name: tool.stateful for name, tool in self.tools.items()}
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON form stored in the registry (enough to rebuild the toolset)."""
+        return {
+            "id": self.id,
+            "tools": self.definitions(),
+            "output_schemas": self.output_schemas(),
+            "stateful": self.stateful(),
+        }
+
+
+def toolset_id(
+    tools: list[dict[str, Any]],
+    output_schemas: Mapping[str, Any],
+    stateful: Mapping[str, bool],
+) -> str:
+    return "ts_" + digest(
+        {"tools": tools, "output_schemas": output_schemas, "stateful": stateful}
+    )[:24]
+
+
+def build_toolset(
+    tools: list[dict[str, Any]],
+    output_schemas: Mapping[str, Any] | None = None,
+    stateful: Mapping[str, bool] | None = None,
+) -> Toolset:
+    """Validate raw definitions into a ``Toolset``; raises ``InvalidToolDefinitionError``."""
+    output_schemas = dict(output_schemas or {})
+    stateful = dict(stateful or {})
+    if not tools:
+        raise InvalidToolDefinitionError("a toolset needs at least one tool", param="tools")
+    if len(tools) > MAX_TOOLS:
+        raise InvalidToolDefinitionError(f"at most {MAX_TOOLS} tools", param="tools")
+    built: dict[str, Tool] = {}
+    for i, definition in enumerate(tools):
+        tool = _build_tool(i, definition, output_schemas, stateful)
+        if tool.name in built:
+            raise InvalidToolDefinitionError(
+                f"duplicate tool name {tool.name!r}", param=f"tools[{i}].function.name"
+            )
+        built[tool.name] = tool
+    for mapping, label in ((output_schemas, "output_schemas"), (stateful, "stateful")):
+        unknown = sorted(set(mapping) - set(built))
+        if unknown:
+            raise InvalidToolDefinitionError(
+                f"{label} names tools that are not in the toolset: {unknown}",
+                param=f"{label}.{unknown[0]}",
+            )
+    # The id covers the normalized content, so defaults count and spelling does not.
+    record_stateful = {n: t.stateful for n, t in built.items()}
+    record_schemas = {n: t.output_schema for n, t in built.items()}
+    tid = toolset_id([t.definition for t in built.values()], record_schemas, record_stateful)
+    return Toolset(id=tid, tools=built)
+
+
+def toolset_from_record(record: Mapping[str, Any]) -> Toolset:
+    return build_toolset(record["tools"], record.get("output_schemas"), record.get("stateful"))
+
+
+def _build_tool(
+    i: int,
+    definition: Any,
+    output_schemas: Mapping[str, Any],
+    stateful: Mapping[str, bool],
+) -> Tool:
+    where = f"tools[{i}]"
+    if not isinstance(definition, dict) or definition.get("type") != "function":
+        raise InvalidToolDefinitionError(
+            'each tool must be {"type": "function", "function": {...}}', param=f"{where}.type"
+        )
+    function = definition.get("function")
+    if not isinstance(function, dict):
+        raise InvalidToolDefinitionError("missing 'function' object", param=f"{where}.function")
+    name = function.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InvalidToolDefinitionError(
+            f"tool name {name!r} must match {NAME_RE.pattern}", param=f"{where}.function.name"
+        )
+    description = function.get("description", "")
+    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION_CHARS:
+        raise InvalidToolDefinitionError(
+            f"description must be a string of at most {MAX_DESCRIPTION_CHARS} characters",
+            param=f"{where}.function.description",
+        )
+    parameters = function.get("parameters", {"type": "object", "properties": {}})
+    _check_schema(parameters, f"{where}.function.parameters", require_object=True)
+    output_schema = output_schemas.get(name, DEFAULT_OUTPUT_SCHEMA)
+    _check_schema(output_schema, f"output_schemas.{name}", require_object=False)
+    is_stateful = stateful.get(name, False)
+    if not isinstance(is_stateful, bool):
+        raise InvalidToolDefinitionError("stateful flags are booleans", param=f"stateful.{name}")
+    clean = {"type": "function", "function": {**function, "parameters": parameters}}
+    return Tool(
+        name=name,
+        definition=clean,
+        output_schema=output_schema,
+        stateful=is_stateful,
+        digest=digest({"d": clean, "o": output_schema, "s": is_stateful}),
+        validator=Draft202012Validator(parameters),
+        output_validator=Draft202012Validator(output_schema),
+    )
+
+
+def _check_schema(schema: Any, param: str, *, require_object: bool) -> None:
+    if not isinstance(schema, dict):
+        raise InvalidToolDefinitionError("a JSON Schema must be an object", param=param)
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        raise InvalidToolDefinitionError(
+            f"not a valid JSON Schema: {exc.message}", param=param
+        ) from exc
+    if require_object and schema.get("type") != "object":
+        raise InvalidToolDefinitionError(
+            'function parameters must be a JSON Schema of "type": "object"', param=param
+        )
+    if len(canonical(schema)) > 64_000:
+        raise InvalidToolDefinitionError("schema larger than 64 kB", param=param)
+
+
+def _first_error(validator: Draft202012Validator, value: Any) -> ValidationError | None:
+    return next(iter(validator.iter_errors(value)), None)
+
+
+def _field_path(error: ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "required" and isinstance(error.instance, dict):
+        missing = next((r for r in error.validator_value if r not in error.instance), None)
+        if missing is not None:
+            return f"{path}.{missing}" if path else str(missing)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        extra = next((k for k in error.instance if k not in allowed), None)
+        if extra is not None:
+            return f"{path}.{extra}" if path else str(extra)
+    return path

@@ -1,0 +1,93 @@
+"""The Redis cache and registry against a real redis-server, including a restart."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.conftest import WEATHER_OUTPUT, WEATHER_TOOL, RedisServer, start_app, tool_call
+from tests.doubles import ScriptedBackend
+
+pytestmark = pytest.mark.redis
+
+CALL = {"tools": [WEATHER_TOOL], "output_schemas": {"get_weather": WEATHER_OUTPUT},
+        "tool_calls": [tool_call("get_weather", '{"city": "Oslo"}')]}
+
+
+async def test_observations_and_toolsets_are_shared_across_instances(redis_server: RedisServer) -> None:
+    first_backend, second_backend = ScriptedBackend(), ScriptedBackend()
+    _, a, a_life = await start_app(first_backend, redis_url=redis_server.url)
+    _, b, b_life = await start_app(second_backend, redis_url=redis_server.url)
+    try:
+        ra = await a.post("/v1/tool_calls", json=CALL)
+        rb = await b.post("/v1/tool_calls", json=CALL)
+        assert rb.json()["observations"][0]["source"] == "cache"
+        assert ra.json()["messages"] == rb.json()["messages"]
+        assert len(first_backend.calls) == 1 and second_backend.calls == []
+        ts = (await a.post("/v1/toolsets", json={"tools": [WEATHER_TOOL]})).json()
+        got = await b.get(f"/v1/toolsets/{ts['id']}")
+        assert got.status_code == 200 and got.json()["tools"] == ts["tools"]
+        episode = (await a.post("/v1/episodes", json={"toolset_id": ts["id"], "seed": 5})).json()
+        r = await b.post(f"/v1/toolsets/{ts['id']}/tools/get_weather", json={"city": "Bergen"},
+                         headers={"X-Episode-Id": episode["episode_id"]})
+        assert r.status_code == 200
+        events = (await a.get(f"/v1/episodes/{episode['episode_id']}")).json()["events"]
+        assert [e["arguments"] for e in events] == [{"city": "Bergen"}]
+    finally:
+        for client, life in ((a, a_life), (b, b_life)):
+            await client.aclose()
+            await life.__aexit__(None, None, None)
+
+
+async def test_cache_survives_a_service_restart(redis_server: RedisServer) -> None:
+    backend = ScriptedBackend()
+    _, client, life = await start_app(backend, redis_url=redis_server.url)
+    first = (await client.post("/v1/tool_calls", json=CALL)).json()
+    await client.aclose()
+    await life.__aexit__(None, None, None)
+    _, client, life = await start_app(ScriptedBackend(), redis_url=redis_server.url)
+    try:
+        again = (await client.post("/v1/tool_calls", json=CALL)).json()
+        assert again["observations"][0]["source"] == "cache"
+        assert again["messages"] == first["messages"]
+    finally:
+        await client.aclose()
+        await life.__aexit__(None, None, None)
+
+
+async def test_redis_down_degrades_then_recovers(redis_server: RedisServer) -> None:
+    backend = ScriptedBackend()
+    _, client, life = await start_app(backend, redis_url=redis_server.url)
+    try:
+        assert (await client.post("/v1/tool_calls", json=CALL)).status_code == 200
+        redis_server.stop()
+        other = {**CALL, "tool_calls": [tool_call("get_weather", '{"city": "Lima"}')]}
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        r = await client.post("/v1/tool_calls", json=other)
+        assert r.status_code == 200, r.text  # still answering, cache bypassed
+        assert r.json()["observations"][0]["source"] == "simulated"
+        assert loop.time() - started < 3
+        ready = await client.get("/ready")
+        assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+        assert ready.json()["cache"] == "degraded"
+        metrics = (await client.get("/metrics")).text
+        assert "toolsim_cache_errors_total 0.0" not in metrics
+        assert "toolsim_cache_degraded 1.0" in metrics
+
+        redis_server.start()  # same port, AOF on: the first observation is still there
+        for _ in range(50):
+            ready = await client.get("/ready")
+            if ready.json()["status"] == "ready":
+                break
+            await asyncio.sleep(0.1)
+        assert ready.json()["status"] == "ready"
+        r = await client.post("/v1/tool_calls", json=other)
+        assert r.json()["observations"][0]["source"] == "simulated"  # not cached while down
+        r = await client.post("/v1/tool_calls", json=other)
+        assert r.json()["observations"][0]["source"] == "cache"  # written again after recovery
+        assert "toolsim_cache_degraded 0.0" in (await client.get("/metrics")).text
+    finally:
+        await client.aclose()
+        await life.__aexit__(None, None, None)
