@@ -69,9 +69,7 @@ def backend() -> ScriptedBackend:
     return ScriptedBackend()
 
 
-async def start_app(
-    backend: Any, **settings: Any
-) -> tuple[FastAPI, httpx.AsyncClient, Any]:
+async def start_app(backend: Any, **settings: Any) -> tuple[FastAPI, httpx.AsyncClient, Any]:
     app = create_app(ActorSettings(**settings), backend=backend)
     lifespan = app.router.lifespan_context(app)
     await lifespan.__aenter__()
@@ -95,7 +93,9 @@ class RedisServer:
     def __init__(self, workdir: Path) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.fail("redis-server is not installed: apt-get install redis-server (.ci/run does)")
+            pytest.fail(
+                "redis-server is not installed: apt-get install redis-server (.ci/run does)"
+            )
         self.binary = binary
         self.port = free_port()
         self.workdir = workdir
@@ -107,8 +107,19 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-             str(self.workdir), "--save", "", "--appendonly", "yes"],
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.workdir),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -11,11 +11,16 @@ from tests.doubles import ScriptedBackend
 
 pytestmark = pytest.mark.redis
 
-CALL = {"tools": [WEATHER_TOOL], "output_schemas": {"get_weather": WEATHER_OUTPUT},
-        "tool_calls": [tool_call("get_weather", '{"city": "Oslo"}')]}
+CALL = {
+    "tools": [WEATHER_TOOL],
+    "output_schemas": {"get_weather": WEATHER_OUTPUT},
+    "tool_calls": [tool_call("get_weather", '{"city": "Oslo"}')],
+}
 
 
-async def test_observations_and_toolsets_are_shared_across_instances(redis_server: RedisServer) -> None:
+async def test_observations_and_toolsets_are_shared_across_instances(
+    redis_server: RedisServer,
+) -> None:
     first_backend, second_backend = ScriptedBackend(), ScriptedBackend()
     _, a, a_life = await start_app(first_backend, redis_url=redis_server.url)
     _, b, b_life = await start_app(second_backend, redis_url=redis_server.url)
@@ -29,8 +34,11 @@ async def test_observations_and_toolsets_are_shared_across_instances(redis_serve
         got = await b.get(f"/v1/toolsets/{ts['id']}")
         assert got.status_code == 200 and got.json()["tools"] == ts["tools"]
         episode = (await a.post("/v1/episodes", json={"toolset_id": ts["id"], "seed": 5})).json()
-        r = await b.post(f"/v1/toolsets/{ts['id']}/tools/get_weather", json={"city": "Bergen"},
-                         headers={"X-Episode-Id": episode["episode_id"]})
+        r = await b.post(
+            f"/v1/toolsets/{ts['id']}/tools/get_weather",
+            json={"city": "Bergen"},
+            headers={"X-Episode-Id": episode["episode_id"]},
+        )
         assert r.status_code == 200
         events = (await a.get(f"/v1/episodes/{episode['episode_id']}")).json()["events"]
         assert [e["arguments"] for e in events] == [{"city": "Bergen"}]

@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 import orjson
-import pytest
 from jsonschema import Draft202012Validator
 
 from tests.conftest import WEATHER_OUTPUT, WEATHER_TOOL, AppClient, tool_call
@@ -14,14 +13,20 @@ from tests.doubles import ScriptedBackend
 
 
 def body(*calls: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"tools": [WEATHER_TOOL], "output_schemas": {"get_weather": WEATHER_OUTPUT},
-            "tool_calls": list(calls), **extra}
+    return {
+        "tools": [WEATHER_TOOL],
+        "output_schemas": {"get_weather": WEATHER_OUTPUT},
+        "tool_calls": list(calls),
+        **extra,
+    }
 
 
 async def test_tool_call_returns_tool_message_valid_against_output_schema(
     actor: AppClient, backend: ScriptedBackend
 ) -> None:
-    r = await actor.http.post("/v1/tool_calls", json=body(tool_call("get_weather", '{"city": "Oslo"}')))
+    r = await actor.http.post(
+        "/v1/tool_calls", json=body(tool_call("get_weather", '{"city": "Oslo"}'))
+    )
     assert r.status_code == 200, r.text
     data = r.json()
     (message,) = data["messages"]
@@ -59,8 +64,10 @@ async def test_parallel_tool_calls_are_simulated_concurrently(
     actor: AppClient, backend: ScriptedBackend
 ) -> None:
     backend.delay_s = 0.3
-    calls = [tool_call("get_weather", orjson.dumps({"city": f"c{i}"}).decode(), f"call_{i}")
-             for i in range(4)]
+    calls = [
+        tool_call("get_weather", orjson.dumps({"city": f"c{i}"}).decode(), f"call_{i}")
+        for i in range(4)
+    ]
     loop = asyncio.get_running_loop()
     started = loop.time()
     r = await actor.http.post("/v1/tool_calls", json=body(*calls))
@@ -75,7 +82,9 @@ async def test_identical_concurrent_calls_are_coalesced(
 ) -> None:
     backend.delay_s = 0.2
     call = body(tool_call("get_weather", '{"city": "Oslo"}'))
-    responses = await asyncio.gather(*(actor.http.post("/v1/tool_calls", json=call) for _ in range(32)))
+    responses = await asyncio.gather(
+        *(actor.http.post("/v1/tool_calls", json=call) for _ in range(32))
+    )
     assert {r.status_code for r in responses} == {200}
     assert len({r.json()["messages"][0]["content"] for r in responses}) == 1
     assert len(backend.calls) == 1
@@ -104,15 +113,22 @@ async def test_invalid_generations_are_retried_never_returned_or_cached(
 
 async def test_one_bad_generation_then_success(actor: AppClient, backend: ScriptedBackend) -> None:
     backend.bad_outputs = ['{"city": "Oslo"}']  # misses required fields
-    r = await actor.http.post("/v1/tool_calls", json=body(tool_call("get_weather", '{"city": "Oslo"}')))
+    r = await actor.http.post(
+        "/v1/tool_calls", json=body(tool_call("get_weather", '{"city": "Oslo"}'))
+    )
     assert r.status_code == 200
     assert len(backend.calls) == 2
 
 
-async def test_tool_without_output_schema_gets_default(actor: AppClient, backend: ScriptedBackend) -> None:
+async def test_tool_without_output_schema_gets_default(
+    actor: AppClient, backend: ScriptedBackend
+) -> None:
     r = await actor.http.post(
         "/v1/tool_calls",
-        json={"tools": [WEATHER_TOOL], "tool_calls": [tool_call("get_weather", '{"city": "Oslo"}')]},
+        json={
+            "tools": [WEATHER_TOOL],
+            "tool_calls": [tool_call("get_weather", '{"city": "Oslo"}')],
+        },
     )
     assert r.status_code == 200
     assert set(orjson.loads(r.json()["messages"][0]["content"])) == {"result"}
@@ -124,18 +140,34 @@ async def test_openai_sdk_messages_append_unchanged(actor: AppClient) -> None:
     from openai.types.chat import ChatCompletion, ChatCompletionToolMessageParam
     from pydantic import TypeAdapter
 
-    completion = ChatCompletion.model_validate({
-        "id": "x", "object": "chat.completion", "created": 0, "model": "m",
-        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
-            "role": "assistant", "content": None,
-            "tool_calls": [tool_call("get_weather", '{"city": "Oslo"}', "call_abc")]}}],
-    })
+    completion = ChatCompletion.model_validate(
+        {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "tool_calls",
+                    "message": {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [tool_call("get_weather", '{"city": "Oslo"}', "call_abc")],
+                    },
+                }
+            ],
+        }
+    )
     message = completion.choices[0].message
     assert message.tool_calls is not None
-    r = await actor.http.post("/v1/tool_calls", json={
-        "tools": [WEATHER_TOOL],
-        "tool_calls": [tc.model_dump() for tc in message.tool_calls],
-    })
+    r = await actor.http.post(
+        "/v1/tool_calls",
+        json={
+            "tools": [WEATHER_TOOL],
+            "tool_calls": [tc.model_dump() for tc in message.tool_calls],
+        },
+    )
     assert r.status_code == 200, r.text
     adapter = TypeAdapter(ChatCompletionToolMessageParam)
     for m in r.json()["messages"]:

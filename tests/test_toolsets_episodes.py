@@ -15,15 +15,24 @@ SEARCH_TOOL: dict[str, Any] = {
     "function": {
         "name": "search",
         "description": "Search Wikipedia.",
-        "parameters": {"type": "object", "properties": {"query": {"type": "string"}},
-                       "required": ["query"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"query": {"type": "string"}},
+            "required": ["query"],
+        },
     },
 }
 
 
 async def register(actor: AppClient, **extra: Any) -> dict[str, Any]:
-    r = await actor.http.post("/v1/toolsets", json={
-        "tools": [WEATHER_TOOL, SEARCH_TOOL], "output_schemas": {"get_weather": WEATHER_OUTPUT}, **extra})
+    r = await actor.http.post(
+        "/v1/toolsets",
+        json={
+            "tools": [WEATHER_TOOL, SEARCH_TOOL],
+            "output_schemas": {"get_weather": WEATHER_OUTPUT},
+            **extra,
+        },
+    )
     assert r.status_code == 201, r.text
     return dict(r.json())
 
@@ -45,21 +54,29 @@ async def test_toolset_id_calls_and_inline_calls_share_the_cache(
 ) -> None:
     ts = await register(actor)
     call = tool_call("get_weather", '{"city": "Paris"}')
-    r1 = await actor.http.post("/v1/tool_calls", json={"toolset_id": ts["id"], "tool_calls": [call]})
-    r2 = await actor.http.post("/v1/tool_calls", json={
-        "tools": ts["tools"], "output_schemas": ts["output_schemas"], "tool_calls": [call]})
+    r1 = await actor.http.post(
+        "/v1/tool_calls", json={"toolset_id": ts["id"], "tool_calls": [call]}
+    )
+    r2 = await actor.http.post(
+        "/v1/tool_calls",
+        json={"tools": ts["tools"], "output_schemas": ts["output_schemas"], "tool_calls": [call]},
+    )
     assert r2.json()["observations"][0]["source"] == "cache"
     assert r1.json()["messages"][0]["content"] == r2.json()["messages"][0]["content"]
 
 
-async def test_rest_endpoint_returns_the_observation(actor: AppClient, backend: ScriptedBackend) -> None:
+async def test_rest_endpoint_returns_the_observation(
+    actor: AppClient, backend: ScriptedBackend
+) -> None:
     ts = await register(actor)
     r = await actor.http.post(f"/v1/toolsets/{ts['id']}/tools/get_weather", json={"city": "Rome"})
     assert r.status_code == 200 and r.headers["x-toolsim-source"] == "simulated"
     assert set(r.json()) == {"city", "temperature", "conditions"}
     # the same call through /v1/tool_calls is a cache hit with the same content
-    t = await actor.http.post("/v1/tool_calls", json={
-        "toolset_id": ts["id"], "tool_calls": [tool_call("get_weather", '{"city": "Rome"}')]})
+    t = await actor.http.post(
+        "/v1/tool_calls",
+        json={"toolset_id": ts["id"], "tool_calls": [tool_call("get_weather", '{"city": "Rome"}')]},
+    )
     assert orjson.loads(t.json()["messages"][0]["content"]) == r.json()
     bad = await actor.http.post(f"/v1/toolsets/{ts['id']}/tools/get_weather", json={"city": 1})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "city"
@@ -75,60 +92,98 @@ async def test_openapi_document_is_valid_3_1(actor: AppClient) -> None:
     validate(doc)  # raises on an invalid OpenAPI 3.1 document
     assert doc["openapi"] == "3.1.0"
     post = doc["paths"][f"/v1/toolsets/{ts['id']}/tools/get_weather"]["post"]
-    assert post["requestBody"]["content"]["application/json"]["schema"] == WEATHER_TOOL["function"]["parameters"]
+    assert (
+        post["requestBody"]["content"]["application/json"]["schema"]
+        == WEATHER_TOOL["function"]["parameters"]
+    )
     assert post["responses"]["200"]["content"]["application/json"]["schema"] == WEATHER_OUTPUT
 
 
-async def test_episode_history_reaches_the_prompt(actor: AppClient, backend: ScriptedBackend) -> None:
+async def test_episode_history_reaches_the_prompt(
+    actor: AppClient, backend: ScriptedBackend
+) -> None:
     ts = await register(actor)
     r = await actor.http.post("/v1/episodes", json={"toolset_id": ts["id"], "seed": 7})
     assert r.status_code == 201
     episode = r.json()["episode_id"]
-    first = await actor.http.post("/v1/tool_calls", json={
-        "toolset_id": ts["id"], "episode_id": episode,
-        "tool_calls": [tool_call("get_weather", '{"city": "Oslo"}')]})
+    first = await actor.http.post(
+        "/v1/tool_calls",
+        json={
+            "toolset_id": ts["id"],
+            "episode_id": episode,
+            "tool_calls": [tool_call("get_weather", '{"city": "Oslo"}')],
+        },
+    )
     assert first.status_code == 200
     assert backend.calls[-1].seed == 7  # the episode's seed
     obs = first.json()["messages"][0]["content"]
     # the REST face carries the episode in a header
-    r = await actor.http.post(f"/v1/toolsets/{ts['id']}/tools/search", json={"query": "Oslo weather"},
-                              headers={"X-Episode-Id": episode})
+    r = await actor.http.post(
+        f"/v1/toolsets/{ts['id']}/tools/search",
+        json={"query": "Oslo weather"},
+        headers={"X-Episode-Id": episode},
+    )
     assert r.status_code == 200
     system_prompt = backend.calls[-1].messages[0]["content"]
     assert "Earlier calls in this episode" in system_prompt and obs in system_prompt
     events = (await actor.http.get(f"/v1/episodes/{episode}")).json()["events"]
     assert [e["tool"] for e in events] == ["get_weather", "search"]
-    missing = await actor.http.post(f"/v1/toolsets/{ts['id']}/tools/search", json={"query": "x"},
-                                    headers={"X-Episode-Id": "ep_nope"})
+    missing = await actor.http.post(
+        f"/v1/toolsets/{ts['id']}/tools/search",
+        json={"query": "x"},
+        headers={"X-Episode-Id": "ep_nope"},
+    )
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "episode_not_found"
 
 
-async def test_grounding_reaches_the_prompt_and_the_key(actor: AppClient, backend: ScriptedBackend) -> None:
+async def test_grounding_reaches_the_prompt_and_the_key(
+    actor: AppClient, backend: ScriptedBackend
+) -> None:
     ts = await register(actor)
-    grounding = {"question": "Where was Ada Lovelace born?", "answer": "London",
-                 "passages": [{"title": "Ada Lovelace", "text": "Ada Lovelace was born in London."}]}
-    grounded = (await actor.http.post("/v1/episodes", json={
-        "toolset_id": ts["id"], "seed": 1, "grounding": grounding})).json()["episode_id"]
-    plain = (await actor.http.post("/v1/episodes", json={"toolset_id": ts["id"], "seed": 1})).json()["episode_id"]
+    grounding = {
+        "question": "Where was Ada Lovelace born?",
+        "answer": "London",
+        "passages": [{"title": "Ada Lovelace", "text": "Ada Lovelace was born in London."}],
+    }
+    grounded = (
+        await actor.http.post(
+            "/v1/episodes", json={"toolset_id": ts["id"], "seed": 1, "grounding": grounding}
+        )
+    ).json()["episode_id"]
+    plain = (
+        await actor.http.post("/v1/episodes", json={"toolset_id": ts["id"], "seed": 1})
+    ).json()["episode_id"]
     call = tool_call("search", '{"query": "Ada Lovelace birthplace"}')
-    await actor.http.post("/v1/tool_calls", json={"toolset_id": ts["id"], "episode_id": grounded, "tool_calls": [call]})
+    await actor.http.post(
+        "/v1/tool_calls",
+        json={"toolset_id": ts["id"], "episode_id": grounded, "tool_calls": [call]},
+    )
     prompt = backend.calls[-1].messages[0]["content"]
     assert "Answer: London" in prompt and "Ada Lovelace was born in London." in prompt
-    r = await actor.http.post("/v1/tool_calls", json={"toolset_id": ts["id"], "episode_id": plain, "tool_calls": [call]})
+    r = await actor.http.post(
+        "/v1/tool_calls", json={"toolset_id": ts["id"], "episode_id": plain, "tool_calls": [call]}
+    )
     assert r.json()["observations"][0]["source"] == "simulated"  # other facts, other key
     assert "Known facts" not in backend.calls[-1].messages[0]["content"]
 
 
 async def test_stateful_tools_depend_on_history(actor: AppClient, backend: ScriptedBackend) -> None:
     ts = await register(actor, stateful={"search": True})
-    episode = (await actor.http.post("/v1/episodes", json={"toolset_id": ts["id"], "seed": 3})).json()["episode_id"]
-    call = {"toolset_id": ts["id"], "episode_id": episode,
-            "tool_calls": [tool_call("search", '{"query": "q"}')]}
+    episode = (
+        await actor.http.post("/v1/episodes", json={"toolset_id": ts["id"], "seed": 3})
+    ).json()["episode_id"]
+    call = {
+        "toolset_id": ts["id"],
+        "episode_id": episode,
+        "tool_calls": [tool_call("search", '{"query": "q"}')],
+    }
     first = await actor.http.post("/v1/tool_calls", json=call)
     second = await actor.http.post("/v1/tool_calls", json=call)
     # history changed between the two calls, so the stateful tool is simulated again
-    assert [first.json()["observations"][0]["source"], second.json()["observations"][0]["source"]] == [
-        "simulated", "simulated"]
+    assert [
+        first.json()["observations"][0]["source"],
+        second.json()["observations"][0]["source"],
+    ] == ["simulated", "simulated"]
     weather = {**call, "tool_calls": [tool_call("get_weather", '{"city": "Oslo"}')]}
     await actor.http.post("/v1/tool_calls", json=weather)
     again = await actor.http.post("/v1/tool_calls", json=weather)
@@ -137,10 +192,17 @@ async def test_stateful_tools_depend_on_history(actor: AppClient, backend: Scrip
 
 async def test_episode_belongs_to_its_toolset(actor: AppClient) -> None:
     ts = await register(actor)
-    episode = (await actor.http.post("/v1/episodes", json={"toolset_id": ts["id"]})).json()["episode_id"]
-    r = await actor.http.post("/v1/tool_calls", json={
-        "tools": [WEATHER_TOOL], "episode_id": episode,
-        "tool_calls": [tool_call("get_weather", '{"city": "Oslo"}')]})
+    episode = (await actor.http.post("/v1/episodes", json={"toolset_id": ts["id"]})).json()[
+        "episode_id"
+    ]
+    r = await actor.http.post(
+        "/v1/tool_calls",
+        json={
+            "tools": [WEATHER_TOOL],
+            "episode_id": episode,
+            "tool_calls": [tool_call("get_weather", '{"city": "Oslo"}')],
+        },
+    )
     assert r.status_code == 400 and r.json()["error"]["param"] == "episode_id"
 
 
@@ -152,8 +214,13 @@ async def test_system_endpoints(actor: AppClient, backend: ScriptedBackend) -> N
     assert models["data"][0]["id"] == "scripted"
     backend.is_ready = False
     assert (await actor.http.get("/ready")).status_code == 503
-    await actor.http.post("/v1/tool_calls", json={
-        "tools": [WEATHER_TOOL], "tool_calls": [tool_call("get_weather", '{"city": "Oslo"}')]})
+    await actor.http.post(
+        "/v1/tool_calls",
+        json={
+            "tools": [WEATHER_TOOL],
+            "tool_calls": [tool_call("get_weather", '{"city": "Oslo"}')],
+        },
+    )
     metrics = (await actor.http.get("/metrics")).text
     assert 'toolsim_requests_total{route="/v1/tool_calls",status="200"} 1.0' in metrics
     assert "toolsim_cache_misses_total 1.0" in metrics

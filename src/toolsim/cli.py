@@ -13,7 +13,9 @@ from toolsim.config import CommonSettings
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         code: int = args.func(args)
     except ValueError as exc:  # invalid settings: say how to fix them, no traceback
@@ -66,7 +68,10 @@ def _model_fetch(_: argparse.Namespace) -> int:
 
     settings = CommonSettings()
     if settings.model_dir is not None:
-        print("toolsim: TOOLSIM_MODEL_DIR is set; fetch writes under TOOLSIM_CACHE_DIR", file=sys.stderr)
+        print(
+            "toolsim: TOOLSIM_MODEL_DIR is set; fetch writes under TOOLSIM_CACHE_DIR",
+            file=sys.stderr,
+        )
         return 2
     try:
         fetched = fetch_model(settings.cache_dir)

@@ -37,7 +37,9 @@ def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRe
     first = exc.errors()[0]
     loc = [p for p in first.get("loc", ()) if p != "body"]
     param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-    return InvalidRequestError(f"{param or 'body'}: {first.get('msg', 'invalid')}", param=param or None)
+    return InvalidRequestError(
+        f"{param or 'body'}: {first.get('msg', 'invalid')}", param=param or None
+    )
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -13,6 +13,11 @@ def canonical(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
+def dumps(value: Any) -> bytes:
+    """Compact JSON bytes (key order kept)."""
+    return orjson.dumps(value)
+
+
 def digest(value: Any) -> str:
     """sha256 hex digest of the canonical JSON of ``value``."""
     return hashlib.sha256(canonical(value)).hexdigest()

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError
 
@@ -67,8 +68,6 @@ class Tool:
 
         Raises ``InvalidArgumentsError`` whose ``param`` names the offending field.
         """
-        import orjson
-
         try:
             value = orjson.loads(arguments) if arguments.strip() else {}
         except orjson.JSONDecodeError as exc:
@@ -122,9 +121,10 @@ def toolset_id(
     output_schemas: Mapping[str, Any],
     stateful: Mapping[str, bool],
 ) -> str:
-    return "ts_" + digest(
-        {"tools": tools, "output_schemas": output_schemas, "stateful": stateful}
-    )[:24]
+    return (
+        "ts_"
+        + digest({"tools": tools, "output_schemas": output_schemas, "stateful": stateful})[:24]
+    )
 
 
 def build_toolset(
@@ -233,11 +233,13 @@ def _first_error(validator: Draft202012Validator, value: Any) -> ValidationError
 def _field_path(error: ValidationError) -> str:
     path = ".".join(str(p) for p in error.absolute_path)
     if error.validator == "required" and isinstance(error.instance, dict):
-        missing = next((r for r in error.validator_value if r not in error.instance), None)
+        required = error.validator_value if isinstance(error.validator_value, list) else []
+        missing = next((r for r in required if r not in error.instance), None)
         if missing is not None:
             return f"{path}.{missing}" if path else str(missing)
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = set(error.schema.get("properties", {}))
+        schema = error.schema if isinstance(error.schema, dict) else {}
+        allowed = set(schema.get("properties", {}))
         extra = next((k for k in error.instance if k not in allowed), None)
         if extra is not None:
             return f"{path}.{extra}" if path else str(extra)

@@ -19,6 +19,7 @@ from toolsim_toolactor.cache import MemoryCache, ObservationCache, RedisCache
 from toolsim_toolactor.config import ActorSettings
 from toolsim_toolactor.metrics import ActorMetrics
 from toolsim_toolactor.routes import episodes, system, tool_calls, toolsets
+from toolsim_toolactor.routes.tool_calls import ToolCallsEndpoint
 from toolsim_toolactor.serving import ToolActorService
 from toolsim_toolactor.simulator import Simulator
 from toolsim_toolactor.state import ActorState
@@ -79,6 +80,8 @@ def create_app(
     for module in (tool_calls, toolsets, episodes, system):
         app.include_router(module.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Outermost: the hot path skips everything FastAPI adds (see routes/tool_calls.py).
+    app.add_middleware(ToolCallsEndpoint, fastapi_app=app)
     return app
 
 
@@ -138,7 +141,5 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            label = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(label, str(status)).inc()
-            self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+            label = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe_request(label, status, time.perf_counter() - started)

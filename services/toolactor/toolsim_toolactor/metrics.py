@@ -52,3 +52,7 @@ class ActorMetrics:
         self.cache_degraded = Gauge(
             "toolsim_cache_degraded", "1 while the Redis cache is unreachable", registry=r
         )
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)

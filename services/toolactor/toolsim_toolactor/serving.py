@@ -121,7 +121,7 @@ class ToolActorService:
     async def create_episode(self, body: EpisodeCreate) -> Episode:
         await self.get_toolset(body.toolset_id)  # 404 before anything is stored
         grounding = body.grounding.model_dump() if body.grounding is not None else None
-        meta = {
+        meta: dict[str, Any] = {
             "toolset_id": body.toolset_id,
             "seed": body.seed if body.seed is not None else secrets.randbits(31),
             "grounding": grounding,
@@ -129,13 +129,13 @@ class ToolActorService:
         }
         episode_id = "ep_" + secrets.token_hex(12)
         await self._registry.create_episode(episode_id, meta)
-        return Episode(id=episode_id, **meta)
+        return _episode(episode_id, meta)
 
     async def get_episode(self, episode_id: str, *, param: str = "episode_id") -> Episode:
         meta = await self._registry.get_episode(episode_id)
         if meta is None:
             raise EpisodeNotFoundError(f"no episode {episode_id!r} (or it expired)", param=param)
-        return Episode(id=episode_id, **meta)
+        return _episode(episode_id, meta)
 
     # -- calls ------------------------------------------------------------------------------
 
@@ -287,6 +287,16 @@ def _tool(toolset: Toolset, name: str, param: str) -> Tool:
             param=param,
         )
     return tool
+
+
+def _episode(episode_id: str, meta: dict[str, Any]) -> Episode:
+    return Episode(
+        id=episode_id,
+        toolset_id=meta["toolset_id"],
+        seed=meta["seed"],
+        grounding=meta["grounding"],
+        grounding_digest=meta["grounding_digest"],
+    )
 
 
 def _trim(mapping: OrderedDict[str, Any]) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from toolsim.errors import BackendUnavailableError, GenerationFailedError
-from toolsim.llm.base import Generation, GenerationRequest, LLMBackend
+from toolsim.llm.base import FinishReason, Generation, GenerationRequest, LLMBackend
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class VLLMBackend(LLMBackend):
         body = response.json()
         choice = body["choices"][0]
         usage = body.get("usage") or {}
-        finish = "length" if choice.get("finish_reason") == "length" else "stop"
+        finish: FinishReason = "length" if choice.get("finish_reason") == "length" else "stop"
         return Generation(
             text=choice["message"].get("content") or "",
             finish_reason=finish,
@@ -109,4 +109,6 @@ def _status_error(response: httpx.Response) -> Exception:
     detail = response.text[:300]
     if response.status_code >= 500:
         return BackendUnavailableError(f"LLM server error {response.status_code}: {detail}")
-    return GenerationFailedError(f"LLM server refused the request ({response.status_code}): {detail}")
+    return GenerationFailedError(
+        f"LLM server refused the request ({response.status_code}): {detail}"
+    )

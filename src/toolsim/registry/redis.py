@@ -31,7 +31,9 @@ class RedisRegistry(Registry):
 
     async def put_toolset(self, record: JSONDict) -> None:
         # One SET of the whole record: readers see all of it or nothing.
-        await self._call(lambda: self._r.set(self._toolset_key(record["id"]), orjson.dumps(record), nx=True))
+        await self._call(
+            lambda: self._r.set(self._toolset_key(record["id"]), orjson.dumps(record), nx=True)
+        )
 
     async def get_toolset(self, toolset_id: str) -> JSONDict | None:
         raw = await self._call(lambda: self._r.get(self._toolset_key(toolset_id)))

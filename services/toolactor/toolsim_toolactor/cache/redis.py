@@ -49,7 +49,7 @@ class RedisCache(ObservationCache):
             self._failed(exc)
             return None
         self._down_until = 0.0
-        return value if value is None else bytes(value)
+        return value.encode() if isinstance(value, str) else value
 
     async def set(self, key: str, value: bytes) -> None:
         if self._bypassed():

@@ -1,22 +1,35 @@
-"""``POST /v1/tool_calls``: OpenAI ``tool_calls`` in, ``tool`` messages out."""
+"""``POST /v1/tool_calls``: OpenAI ``tool_calls`` in, ``tool`` messages out.
+
+This is the hot path of RL rollouts, so it is served by ``ToolCallsEndpoint``, a plain ASGI
+app in front of FastAPI: the cache-hit path pays for HTTP parsing, the service call and one
+JSON encode, and not for routing, dependency injection or middleware stacks. The FastAPI
+route below answers the same way and documents the endpoint in the service's OpenAPI.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from toolsim.errors import PayloadTooLargeError, ToolsimError
 from toolsim.http import JSONBytesResponse, read_body
-from toolsim_toolactor.protocol import ToolCallsRequest
+from toolsim.jsonutil import dumps
+from toolsim_toolactor.protocol import ToolCallsRequest, ToolCallsResponse
 from toolsim_toolactor.routes.common import parse_model
-from toolsim_toolactor.state import actor_state
+from toolsim_toolactor.state import ActorState, actor_state
 
+log = logging.getLogger(__name__)
 router = APIRouter()
+PATH = "/v1/tool_calls"
 
 
-@router.post("/v1/tool_calls", tags=["tool calls"])
-async def tool_calls(request: Request) -> Response:
-    state = actor_state(request)
-    body = parse_model(ToolCallsRequest, await read_body(request, state.settings.max_body_bytes))
+async def answer(state: ActorState, raw: bytes) -> bytes:
+    """The whole endpoint: request bytes in, response bytes out (errors raise)."""
+    body = parse_model(ToolCallsRequest, raw)
     observations = await state.service.tool_calls(body)
     messages = []
     infos = []
@@ -25,4 +38,60 @@ async def tool_calls(request: Request) -> Response:
         infos.append(
             {"tool_call_id": call.id, "source": obs.source, "latency_ms": round(obs.latency_ms, 3)}
         )
-    return JSONBytesResponse({"messages": messages, "observations": infos})
+    return dumps({"messages": messages, "observations": infos})
+
+
+@router.post(PATH, tags=["tool calls"], response_model=ToolCallsResponse)
+async def tool_calls(request: Request) -> Response:
+    state = actor_state(request)
+    raw = await read_body(request, state.settings.max_body_bytes)
+    return JSONBytesResponse(await answer(state, raw))
+
+
+class ToolCallsEndpoint:
+    """Serves ``POST /v1/tool_calls`` directly; passes every other request to ``app``."""
+
+    def __init__(self, app: ASGIApp, fastapi_app: object) -> None:
+        self.app = app
+        self.fastapi_app = fastapi_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state: ActorState = self.fastapi_app.state.actor  # type: ignore[attr-defined]
+        try:
+            raw = await _read(scope, receive, state.settings.max_body_bytes)
+            status, payload, headers = 200, await answer(state, raw), []
+        except ToolsimError as exc:
+            status, payload = exc.status_code, dumps(exc.to_envelope())
+            headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers().items()]
+        except Exception as exc:
+            log.exception("unhandled error", exc_info=exc)
+            error = ToolsimError("internal error; see the server log")
+            status, payload, headers = 500, dumps(error.to_envelope()), []
+        headers += [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+        state.metrics.observe_request(PATH, status, time.perf_counter() - started)
+
+
+async def _read(scope: Scope, receive: Receive, limit: int) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise PayloadTooLargeError(f"request body of {int(value)} bytes exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)

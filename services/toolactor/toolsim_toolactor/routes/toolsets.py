@@ -51,6 +51,4 @@ async def call_tool(
     state = actor_state(request)
     arguments = parse_json(await read_body(request, state.settings.max_body_bytes))
     observation = await state.service.call_tool(toolset_id, name, arguments, x_episode_id, seed)
-    return JSONBytesResponse(
-        observation.content, headers={"X-Toolsim-Source": observation.source}
-    )
+    return JSONBytesResponse(observation.content, headers={"X-Toolsim-Source": observation.source})

@@ -1,0 +1,52 @@
+# toolsim: one entry point for people and CI.
+#   make run    install, fetch the model, start the ToolActor on 127.0.0.1:8001
+#   make test   install everything the tests need, run the checks and the tests
+#   make check  ruff (lint + format) and mypy --strict
+#   make bench  the benchmarks in bench/ (figures printed, last line = headline)
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.toolsim-installed
+
+.PHONY: run test check lint typecheck install model system-deps vllm bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[embedded,dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+model: install
+	$(BIN)/toolsim model fetch
+
+run: model
+	@bash scripts/run.sh
+
+system-deps:
+	@bash scripts/system-deps.sh
+
+vllm:
+	@bash scripts/install-vllm.sh
+
+lint: install
+	$(BIN)/ruff check src services tests bench
+	$(BIN)/ruff format --check src services tests bench
+
+typecheck: install
+	$(BIN)/mypy -p toolsim -p toolsim_toolactor
+
+check: lint typecheck
+
+test: system-deps install model vllm check
+	$(BIN)/pytest
+
+bench: model system-deps
+	$(BIN)/python bench/cache_hit.py
+	$(BIN)/python bench/embedded_batching.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
