@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from toolsim.errors import InvalidRequestError, PayloadTooLargeError, ToolsimError
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
 
 
 class JSONBytesResponse(Response):
@@ -102,3 +106,42 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+def parse_model(model: type[M], body: bytes) -> M:
+    """Validate a JSON body into ``model``; errors become ``InvalidRequestError``."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        if exc.errors()[0]["type"] == "json_invalid":
+            raise InvalidRequestError(
+                f"request body is not valid JSON: {exc.errors()[0]['msg']}"
+            ) from exc
+        raise validation_error(exc) from exc
+
+
+class MetricsMiddleware:
+    """Counts requests and times them by route template (a plain ASGI middleware: cheap)."""
+
+    def __init__(self, app: ASGIApp, observe: Callable[[str, int, float], None]) -> None:
+        self.app = app
+        self.observe = observe
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            label = getattr(scope.get("route"), "path", "unmatched")
+            self.observe(label, status, time.perf_counter() - started)

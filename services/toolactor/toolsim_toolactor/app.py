@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from toolsim import __version__
-from toolsim.http import install_error_handlers
+from toolsim.http import MetricsMiddleware, install_error_handlers
 from toolsim.llm.base import LLMBackend
 from toolsim.llm.factory import build_backend
 from toolsim.registry import MemoryRegistry, RedisRegistry, Registry
@@ -79,7 +77,7 @@ def create_app(
     install_error_handlers(app)
     for module in (tool_calls, toolsets, episodes, system):
         app.include_router(module.router)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(MetricsMiddleware, observe=metrics.observe_request)
     # Outermost: the hot path skips everything FastAPI adds (see routes/tool_calls.py).
     app.add_middleware(ToolCallsEndpoint, fastapi_app=app)
     return app
@@ -116,30 +114,3 @@ def _registry(settings: ActorSettings, client: aioredis.Redis | None) -> Registr
     if client is None:
         return MemoryRegistry()
     return RedisRegistry(client, prefix=settings.redis_prefix, episode_ttl_s=settings.episode_ttl_s)
-
-
-class MetricsMiddleware:
-    """Counts requests and times them by route template (a plain ASGI middleware: cheap)."""
-
-    def __init__(self, app: ASGIApp, metrics: ActorMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            label = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.observe_request(label, status, time.perf_counter() - started)

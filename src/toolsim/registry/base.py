@@ -24,6 +24,18 @@ class Registry(abc.ABC):
         """The record, or None when no such toolset exists."""
 
     @abc.abstractmethod
+    async def list_toolsets(self, offset: int, limit: int) -> tuple[list[JSONDict], int]:
+        """A page of toolset records, oldest first, and the total count."""
+
+    @abc.abstractmethod
+    async def put_alias(self, key: str, toolset_id: str) -> None:
+        """Remember that ``key`` (e.g. a generation request digest) produced ``toolset_id``."""
+
+    @abc.abstractmethod
+    async def get_alias(self, key: str) -> str | None:
+        """The toolset id stored under ``key``, if any."""
+
+    @abc.abstractmethod
     async def create_episode(self, episode_id: str, meta: JSONDict) -> None:
         """Store a new episode's metadata."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -22,6 +23,7 @@ class RedisRegistry(Registry):
         self._r = client
         self._prefix = prefix
         self._episode_ttl_s = episode_ttl_s
+        self._index_key = f"{prefix}toolsets"
 
     def _toolset_key(self, toolset_id: str) -> str:
         return f"{self._prefix}toolset:{toolset_id}"
@@ -30,10 +32,33 @@ class RedisRegistry(Registry):
         return f"{self._prefix}episode:{episode_id}"
 
     async def put_toolset(self, record: JSONDict) -> None:
-        # One SET of the whole record: readers see all of it or nothing.
-        await self._call(
-            lambda: self._r.set(self._toolset_key(record["id"]), orjson.dumps(record), nx=True)
-        )
+        # One transaction: the whole record and its index entry, or neither.
+        async def put() -> None:
+            async with self._r.pipeline(transaction=True) as pipe:
+                pipe.set(self._toolset_key(record["id"]), orjson.dumps(record), nx=True)
+                pipe.zadd(self._index_key, {record["id"]: time.time()}, nx=True)
+                await pipe.execute()
+
+        await self._call(put)
+
+    async def list_toolsets(self, offset: int, limit: int) -> tuple[list[JSONDict], int]:
+        async def page() -> tuple[list[JSONDict], int]:
+            ids = await self._r.zrange(self._index_key, offset, offset + limit - 1)
+            total = await self._r.zcard(self._index_key)
+            if not ids:
+                return [], int(total)
+            keys = [self._toolset_key(i.decode() if isinstance(i, bytes) else str(i)) for i in ids]
+            raw = await self._r.mget(keys)
+            return [orjson.loads(r) for r in raw if r is not None], int(total)
+
+        return await self._call(page)
+
+    async def put_alias(self, key: str, toolset_id: str) -> None:
+        await self._call(lambda: self._r.set(f"{self._prefix}alias:{key}", toolset_id))
+
+    async def get_alias(self, key: str) -> str | None:
+        raw = await self._call(lambda: self._r.get(f"{self._prefix}alias:{key}"))
+        return raw.decode() if isinstance(raw, bytes) else raw
 
     async def get_toolset(self, toolset_id: str) -> JSONDict | None:
         raw = await self._call(lambda: self._r.get(self._toolset_key(toolset_id)))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from toolsim.errors import InvalidRequestError, InvalidToolCallError
-from toolsim.http import validation_error
+from toolsim.http import parse_model as parse_body
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -15,11 +15,8 @@ M = TypeVar("M", bound=BaseModel)
 def parse_model(model: type[M], body: bytes) -> M:
     """Validate a JSON body; a bad ``tool_calls`` entry is ``invalid_tool_call``."""
     try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        error = validation_error(exc)
-        if error.param and error.param.startswith("tool_calls"):
-            raise InvalidToolCallError(error.message, param=error.param) from exc
-        if exc.errors()[0]["type"] == "json_invalid":
-            raise InvalidRequestError(f"request body is not valid JSON: {error.message}") from exc
-        raise error from exc
+        return parse_body(model, body)
+    except InvalidRequestError as exc:
+        if exc.param and exc.param.startswith("tool_calls"):
+            raise InvalidToolCallError(exc.message, param=exc.param) from exc
+        raise
