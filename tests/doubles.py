@@ -32,7 +32,8 @@ def instance(schema: dict[str, Any], seed: int) -> Any:
         return (seed % 1000) / 10
     if kind == "boolean":
         return seed % 2 == 0
-    return f"value-{seed}"
+    text = f"value_{seed}"
+    return text + "x" * max(0, schema.get("minLength", 0) - len(text))
 
 
 class ScriptedBackend(LLMBackend):
@@ -54,6 +55,8 @@ class ScriptedBackend(LLMBackend):
         if self.bad_outputs:
             text = self.bad_outputs.pop(0)
             return Generation(text, "length" if text == "<length>" else "stop")
+        if request.choices is not None:
+            return Generation(request.choices[request.seed % len(request.choices)], "stop", 10, 1)
         value = instance(request.json_schema or {"type": "string"}, request.seed)
         return Generation(orjson.dumps(value).decode(), "stop", 10, 10)
 

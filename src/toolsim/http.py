@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.telemetry import TelemetryConfig
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -71,6 +72,16 @@ def parse_json(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequestError(f"request body is not valid JSON: {exc}") from exc
+
+
+NO_OTEL: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+}
+"""``FastAPI(telemetry=NO_OTEL)``: the services export Prometheus metrics of their own; FastAPI's
+built-in OpenTelemetry hooks otherwise cost every request a provider check (~9 us here)."""
 
 
 def install_error_handlers(app: FastAPI) -> None:

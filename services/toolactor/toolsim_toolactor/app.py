@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from toolsim import __version__
-from toolsim.http import MetricsMiddleware, install_error_handlers
+from toolsim.http import NO_OTEL, MetricsMiddleware, install_error_handlers
 from toolsim.llm.base import LLMBackend
 from toolsim.llm.factory import build_backend
 from toolsim.registry import MemoryRegistry, RedisRegistry, Registry
@@ -73,6 +73,7 @@ def create_app(
         version=__version__,
         description="Simulated tool observations over OpenAI wire formats.",
         lifespan=lifespan,
+        telemetry=NO_OTEL,
     )
     install_error_handlers(app)
     for module in (tool_calls, toolsets, episodes, system):

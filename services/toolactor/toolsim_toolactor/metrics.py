@@ -53,6 +53,15 @@ class ActorMetrics:
             "toolsim_cache_degraded", "1 while the Redis cache is unreachable", registry=r
         )
 
+        self.cache_observations = self.observations.labels("cache")
+        self.simulated_observations = self.observations.labels("simulated")
+        self._per_route: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+
     def observe_request(self, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        # labels() takes a lock and builds a key each call: bind the children once per route
+        children = self._per_route.get((route, status))
+        if children is None:
+            children = (self.requests.labels(route, str(status)), self.latency.labels(route))
+            self._per_route[(route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)

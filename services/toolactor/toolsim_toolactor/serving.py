@@ -21,7 +21,7 @@ from toolsim.errors import (
     ToolNotFoundError,
     ToolsetNotFoundError,
 )
-from toolsim.jsonutil import digest
+from toolsim.jsonutil import digest, dumps
 from toolsim.registry import Registry
 from toolsim.toolsets import Tool, Toolset, build_toolset, toolset_from_record
 from toolsim_toolactor.cache import ObservationCache
@@ -32,6 +32,7 @@ from toolsim_toolactor.simulator import Simulator
 
 Source = Literal["cache", "simulated"]
 TOOLSET_LRU_SIZE = 1024
+ARGUMENTS_MEMO_SIZE = 8192
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,9 @@ class ToolActorService:
         self._default_seed = default_seed
         self._history_events = history_events
         self._toolsets: OrderedDict[str, Toolset] = OrderedDict()
-        self._inline_ids: OrderedDict[str, str] = OrderedDict()
+        self._inline_ids: OrderedDict[bytes, str] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[bytes]] = {}
+        self._valid_arguments: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
 
     # -- toolsets ---------------------------------------------------------------------------
 
@@ -100,8 +102,9 @@ class ToolActorService:
 
     def inline_toolset(self, request: ToolCallsRequest) -> Toolset:
         """Validate inline tools once; later requests with the same tools reuse the result."""
-        raw = {"t": request.tools, "o": request.output_schemas, "s": request.stateful}
-        key = digest(raw)
+        # The memo key is the raw JSON, unsorted: cheaper than a canonical digest, and a
+        # differently ordered copy only costs one more validation, not a wrong answer.
+        key = dumps((request.tools, request.output_schemas, request.stateful))
         toolset_id = self._inline_ids.get(key)
         if toolset_id is not None and toolset_id in self._toolsets:
             return self._toolsets[toolset_id]
@@ -152,8 +155,20 @@ class ToolActorService:
             )
             for i, call in enumerate(request.tool_calls)
         ]
-        parsed = [(tool, tool.parse_arguments(args, param_prefix=p)) for tool, args, p in calls]
+        parsed = [(tool, self._arguments(tool, args, p)) for tool, args, p in calls]
         return await self._observe(toolset, parsed, request.episode_id, request.seed)
+
+    def _arguments(self, tool: Tool, arguments: str, param_prefix: str) -> dict[str, Any]:
+        """Parse and validate, remembering valid results: a repeated call (the cache-hit
+        path) skips JSON Schema validation. The parsed dicts are never mutated."""
+        memo_key = (tool.digest, arguments)
+        parsed = self._valid_arguments.get(memo_key)
+        if parsed is None:
+            parsed = tool.parse_arguments(arguments, param_prefix=param_prefix)
+            self._valid_arguments[memo_key] = parsed
+            if len(self._valid_arguments) > ARGUMENTS_MEMO_SIZE:
+                self._valid_arguments.popitem(last=False)
+        return parsed
 
     async def call_tool(
         self,
@@ -236,11 +251,11 @@ class ToolActorService:
         cached = await self._cache.get(key)
         if cached is not None:
             self._metrics.cache_hits.inc()
-            self._metrics.observations.labels("cache").inc()
+            self._metrics.cache_observations.inc()
             return Observation(cached, "cache", (time.perf_counter() - started) * 1000)
         self._metrics.cache_misses.inc()
         content = await self._coalesced(key, tool, arguments, context, seed)
-        self._metrics.observations.labels("simulated").inc()
+        self._metrics.simulated_observations.inc()
         return Observation(content, "simulated", (time.perf_counter() - started) * 1000)
 
     async def _coalesced(
@@ -299,6 +314,6 @@ def _episode(episode_id: str, meta: dict[str, Any]) -> Episode:
     )
 
 
-def _trim(mapping: OrderedDict[str, Any]) -> None:
+def _trim(mapping: OrderedDict[Any, Any]) -> None:
     while len(mapping) > TOOLSET_LRU_SIZE:
         mapping.popitem(last=False)
