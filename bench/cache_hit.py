@@ -21,20 +21,42 @@ import tempfile
 import httpx
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from common import PYTHON, WrkResult, free_port, server, wrk  # noqa: E402
+from common import PYTHON, WrkResult, free_port, server, wrk
 
 BODY = {
-    "tools": [{"type": "function", "function": {
-        "name": "get_weather", "description": "Current weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                       "required": ["city"]}}}],
-    "output_schemas": {"get_weather": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}, "temperature_c": {"type": "number"},
-                       "conditions": {"type": "string", "maxLength": 80}},
-        "required": ["city", "temperature_c", "conditions"], "additionalProperties": False}},
-    "tool_calls": [{"id": "call_1", "type": "function",
-                    "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}],
+    "tools": [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Current weather in a city",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ],
+    "output_schemas": {
+        "get_weather": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "temperature_c": {"type": "number"},
+                "conditions": {"type": "string", "maxLength": 80},
+            },
+            "required": ["city", "temperature_c", "conditions"],
+            "additionalProperties": False,
+        }
+    },
+    "tool_calls": [
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        }
+    ],
 }
 CONNECTIONS = (1, 8, 32)
 
@@ -62,9 +84,18 @@ def main() -> None:
     if args.redis:
         rport = free_port()
         redis_dir = tempfile.mkdtemp()
-        redis_proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port",
-                                       str(rport), "--save", "", "--dir", redis_dir],
-                                      stdout=subprocess.DEVNULL)
+        redis_proc = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                str(rport),
+                "--save",
+                "",
+                "--dir",
+                redis_dir,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
         env["TOOLSIM_REDIS_URL"] = f"redis://127.0.0.1:{rport}/0"
     port = free_port()
     try:
@@ -80,20 +111,27 @@ def main() -> None:
             redis_proc.terminate()
             redis_proc.wait()
 
-    print(f"{'server':<18}" + "".join(f"{f'c={c} req/s':>14}{'p50 ms':>9}{'p99 ms':>9}" for c in CONNECTIONS))
+    print(
+        f"{'server':<18}"
+        + "".join(f"{f'c={c} req/s':>14}{'p50 ms':>9}{'p99 ms':>9}" for c in CONNECTIONS)
+    )
     for name, rows in results.items():
         cells = "".join(f"{r.rps:>14.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}" for r in rows.values())
         errors = sum(r.errors for r in rows.values())
         print(f"{name:<18}{cells}" + (f"  errors={errors}" if errors else ""))
     actor, fastapi, asgi = (results[k] for k in ("ToolActor (hit)", "bare FastAPI", "raw ASGI"))
     for c in CONNECTIONS:
-        print(f"c={c:<3} actor/fastapi {actor[c].rps / fastapi[c].rps:.2f}x   "
-              f"actor/asgi {actor[c].rps / asgi[c].rps:.2f}x")
+        print(
+            f"c={c:<3} actor/fastapi {actor[c].rps / fastapi[c].rps:.2f}x   "
+            f"actor/asgi {actor[c].rps / asgi[c].rps:.2f}x"
+        )
     a32, f32, r32 = actor[32], fastapi[32], asgi[32]
     cache = "redis" if args.redis else "memory"
-    print(f"HEADLINE cache-hit ({cache}) at 32 connections: {a32.rps:.0f} obs/s = "
-          f"{a32.rps / f32.rps:.2f}x FastAPI, {a32.rps / r32.rps:.2f}x raw ASGI, "
-          f"p99 {a32.p99_ms:.2f} ms")
+    print(
+        f"HEADLINE cache-hit ({cache}) at 32 connections: {a32.rps:.0f} obs/s = "
+        f"{a32.rps / f32.rps:.2f}x FastAPI, {a32.rps / r32.rps:.2f}x raw ASGI, "
+        f"p99 {a32.p99_ms:.2f} ms"
+    )
 
 
 if __name__ == "__main__":

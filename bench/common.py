@@ -28,11 +28,18 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(cmd: list[str], port: int, env: dict[str, str] | None = None,
-           ready_path: str = "/health", timeout_s: float = 180) -> Iterator[str]:
+def server(
+    cmd: list[str],
+    port: int,
+    env: dict[str, str] | None = None,
+    ready_path: str = "/health",
+    timeout_s: float = 180,
+) -> Iterator[str]:
     """Start a server process, wait until it answers, stop it by its handle afterwards."""
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=log, stderr=log, cwd=ROOT)
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server; closed below
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, **(env or {})}, stdout=log, stderr=log, cwd=ROOT
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s
@@ -78,11 +85,15 @@ def wrk(url: str, body: bytes, connections: int, duration_s: int = 5) -> WrkResu
         raise SystemExit("wrk is not installed: apt-get install wrk (make system-deps)")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         escaped = body.decode().replace("\\", "\\\\").replace('"', '\\"')
-        script.write(f'wrk.method = "POST"\nwrk.body = "{escaped}"\n'
-                     'wrk.headers["Content-Type"] = "application/json"\n')
+        script.write(
+            f'wrk.method = "POST"\nwrk.body = "{escaped}"\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+        )
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", script.name, url],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]

@@ -28,26 +28,72 @@ import httpx
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PYTHON, ROOT, free_port, server  # noqa: E402
+from common import PYTHON, ROOT, free_port, server
+from toolsim.config import CommonSettings
+from toolsim.llm.base import GenerationRequest, LLMBackend
+from toolsim.toolsets import build_toolset
+from toolsim_toolactor.prompt import build_messages
 
-from toolsim.config import CommonSettings  # noqa: E402
-from toolsim.llm.base import GenerationRequest, LLMBackend  # noqa: E402
-from toolsim.toolsets import build_toolset  # noqa: E402
-from toolsim_toolactor.prompt import build_messages  # noqa: E402
-
-TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                   "required": ["city"], "additionalProperties": False}}}
-OUTPUT = {"type": "object", "properties": {
-    "city": {"type": "string", "maxLength": 40},
-    "temperature_c": {"type": "integer"},
-    "conditions": {"type": "string", "enum": ["sunny", "cloudy", "rain", "snow", "fog"]}},
-    "required": ["city", "temperature_c", "conditions"], "additionalProperties": False}
-CITIES = ["Paris", "Oslo", "Lima", "Cairo", "Tokyo", "Quito", "Dakar", "Perth", "Hanoi",
-          "Minsk", "Accra", "Doha", "Baku", "Riga", "Sofia", "Porto", "Turin", "Fez", "Nice",
-          "Kyiv", "Bonn", "Graz", "Cork", "Bern", "Pisa", "Lyon", "Gent", "Split", "Malmo",
-          "Bath", "York", "Ulm", "Kiel", "Linz", "Metz"]
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+OUTPUT = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 40},
+        "temperature_c": {"type": "integer"},
+        "conditions": {"type": "string", "enum": ["sunny", "cloudy", "rain", "snow", "fog"]},
+    },
+    "required": ["city", "temperature_c", "conditions"],
+    "additionalProperties": False,
+}
+CITIES = [
+    "Paris",
+    "Oslo",
+    "Lima",
+    "Cairo",
+    "Tokyo",
+    "Quito",
+    "Dakar",
+    "Perth",
+    "Hanoi",
+    "Minsk",
+    "Accra",
+    "Doha",
+    "Baku",
+    "Riga",
+    "Sofia",
+    "Porto",
+    "Turin",
+    "Fez",
+    "Nice",
+    "Kyiv",
+    "Bonn",
+    "Graz",
+    "Cork",
+    "Bern",
+    "Pisa",
+    "Lyon",
+    "Gent",
+    "Split",
+    "Malmo",
+    "Bath",
+    "York",
+    "Ulm",
+    "Kiel",
+    "Linz",
+    "Metz",
+]
 TEMPERATURE = 0.7
 MAX_TOKENS = 64
 SEED = 0
@@ -55,14 +101,27 @@ SEED = 0
 
 def requests_for(cities: list[str]) -> list[GenerationRequest]:
     tool = build_toolset([TOOL], {"get_weather": OUTPUT}).tools["get_weather"]
-    return [GenerationRequest(build_messages(tool, {"city": c}, None), OUTPUT, SEED, TEMPERATURE,
-                              MAX_TOKENS) for c in cities]
+    return [
+        GenerationRequest(
+            build_messages(tool, {"city": c}, None), OUTPUT, SEED, TEMPERATURE, MAX_TOKENS
+        )
+        for c in cities
+    ]
 
 
 def body(city: str, seed: int = SEED) -> dict[str, Any]:
-    return {"tools": [TOOL], "output_schemas": {"get_weather": OUTPUT}, "seed": seed,
-            "tool_calls": [{"id": "c", "type": "function", "function": {
-                "name": "get_weather", "arguments": f'{{"city": "{city}"}}'}}]}
+    return {
+        "tools": [TOOL],
+        "output_schemas": {"get_weather": OUTPUT},
+        "seed": seed,
+        "tool_calls": [
+            {
+                "id": "c",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": f'{{"city": "{city}"}}'},
+            }
+        ],
+    }
 
 
 async def latency_and_throughput(
@@ -93,6 +152,7 @@ async def direct(backend: LLMBackend, n_serial: int, n_parallel: int) -> tuple[f
 
 async def through_actor(url: str, n_serial: int, n_parallel: int) -> tuple[float, float]:
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+
         async def one(i: int, seed: int = SEED) -> None:
             r = await client.post("/v1/tool_calls", json=body(CITIES[i], seed))
             r.raise_for_status()
@@ -105,8 +165,9 @@ async def through_actor(url: str, n_serial: int, n_parallel: int) -> tuple[float
 async def coalescing(url: str) -> int:
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         before = generations(await client.get("/metrics"))
-        rs = await asyncio.gather(*(client.post("/v1/tool_calls", json=body("Zurich", 99))
-                                    for _ in range(32)))
+        rs = await asyncio.gather(
+            *(client.post("/v1/tool_calls", json=body("Zurich", 99)) for _ in range(32))
+        )
         assert {r.status_code for r in rs} == {200}
         assert len({r.json()["messages"][0]["content"] for r in rs}) == 1
         return generations(await client.get("/metrics")) - before
@@ -150,8 +211,12 @@ async def main_async(args: argparse.Namespace, vllm_url: str | None) -> None:
     del backend
     gc.collect()
 
-    env = {"TOOLSIM_BACKEND": args.backend, "TOOLSIM_TEMPERATURE": str(TEMPERATURE),
-           "TOOLSIM_MAX_TOKENS": str(MAX_TOKENS), "TOOLSIM_LOG_LEVEL": "warning"}
+    env = {
+        "TOOLSIM_BACKEND": args.backend,
+        "TOOLSIM_TEMPERATURE": str(TEMPERATURE),
+        "TOOLSIM_MAX_TOKENS": str(MAX_TOKENS),
+        "TOOLSIM_LOG_LEVEL": "warning",
+    }
     if vllm_url:
         env["TOOLSIM_VLLM_URL"] = vllm_url
     port = free_port()
@@ -159,8 +224,11 @@ async def main_async(args: argparse.Namespace, vllm_url: str | None) -> None:
     with server(cmd, port, env=env, ready_path="/ready") as url:
         a_lat, a_tput = await through_actor(url, n_serial, n_parallel)
         coalesced = await coalescing(url)
-        retries = re.findall(r"^toolsim_generation_retries_total\{.*\} ([\d.]+)$",
-                             httpx.get(url + "/metrics").text, re.M)
+        retries = re.findall(
+            r"^toolsim_generation_retries_total\{.*\} ([\d.]+)$",
+            (await httpx.AsyncClient().get(url + "/metrics")).text,
+            re.M,
+        )
 
     print(f"backend: {args.backend}")
     print(f"{'':<22}{'latency c=1 (s)':>16}{'calls/s c=16':>14}")
@@ -170,9 +238,11 @@ async def main_async(args: argparse.Namespace, vllm_url: str | None) -> None:
     print(f"coalescing: 32 identical concurrent calls -> {coalesced} backend generation(s)")
     if batch_ratio is not None:
         print(f"embedded batching: throughput at 16 concurrent / at 1 = {batch_ratio:.2f}x")
-    print(f"HEADLINE miss path ({args.backend}): latency {a_lat / d_lat:.3f}x (target <= 1.10), "
-          f"throughput {a_tput / d_tput:.3f}x (target >= 0.90), coalescing {coalesced} gen/32 calls"
-          + (f", batching {batch_ratio:.1f}x" if batch_ratio is not None else ""))
+    print(
+        f"HEADLINE miss path ({args.backend}): latency {a_lat / d_lat:.3f}x (target <= 1.10), "
+        f"throughput {a_tput / d_tput:.3f}x (target >= 0.90), coalescing {coalesced} gen/32 calls"
+        + (f", batching {batch_ratio:.1f}x" if batch_ratio is not None else "")
+    )
 
 
 def main() -> None:

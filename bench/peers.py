@@ -1,7 +1,7 @@
 """The peers the ToolActor's cache-hit path is compared with, served exactly like it.
 
-    python bench/peers.py fastapi PORT   # FastAPI endpoint: validates a pydantic body, fixed JSON
-    python bench/peers.py asgi PORT      # raw ASGI app returning fixed JSON: the HTTP ceiling
+python bench/peers.py fastapi PORT   # FastAPI endpoint: validates a pydantic body, fixed JSON
+python bench/peers.py asgi PORT      # raw ASGI app returning fixed JSON: the HTTP ceiling
 """
 
 from __future__ import annotations
@@ -56,7 +56,10 @@ async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     while more:  # drain the body, as any real endpoint must
         message = await receive()
         more = message.get("more_body", False)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(FIXED)).encode())]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(FIXED)).encode()),
+    ]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": FIXED})
 
@@ -64,8 +67,15 @@ async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 def main() -> None:
     kind, port = sys.argv[1], int(sys.argv[2])
     app: Any = fastapi_app() if kind == "fastapi" else asgi_app
-    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
-                access_log=False, log_level="warning")
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+    )
 
 
 if __name__ == "__main__":

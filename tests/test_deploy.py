@@ -18,7 +18,9 @@ def test_compose_wires_vllm_redis_and_toolactor_with_health_gates() -> None:
     actor = services["toolactor"]
     assert actor["depends_on"]["vllm"]["condition"] == "service_healthy"
     assert actor["depends_on"]["redis"]["condition"] == "service_healthy"
-    settings = ActorSettings(**{k.removeprefix("TOOLSIM_").lower(): v for k, v in actor["environment"].items()})
+    settings = ActorSettings(
+        **{k.removeprefix("TOOLSIM_").lower(): v for k, v in actor["environment"].items()}
+    )
     assert settings.backend == "vllm" and settings.redis_url == "redis://redis:6379/0"
     assert actor["ports"] == [f"{ActorSettings().port}:{ActorSettings().port}"]
     for name in ("vllm", "redis", "toolactor"):
@@ -26,17 +28,25 @@ def test_compose_wires_vllm_redis_and_toolactor_with_health_gates() -> None:
 
 
 def test_k8s_manifests_use_settings_that_exist_and_real_probes() -> None:
-    docs = [d for f in sorted((ROOT / "k8s").glob("*.yaml")) if f.name != "kustomization.yaml"
-            for d in yaml.safe_load_all(f.read_text())]
+    docs = [
+        d
+        for f in sorted((ROOT / "k8s").glob("*.yaml"))
+        if f.name != "kustomization.yaml"
+        for d in yaml.safe_load_all(f.read_text())
+    ]
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
     assert ("Deployment", "toolactor") in kinds and ("StatefulSet", "redis") in kinds
     config = next(d for d in docs if d["kind"] == "ConfigMap")
     fields = set(ActorSettings.model_fields)
     for key in config["data"]:
         assert key.removeprefix("TOOLSIM_").lower() in fields, f"{key} is not a setting"
-    actor = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "toolactor")
+    actor = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "toolactor"
+    )
     container = actor["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
     listed = yaml.safe_load((ROOT / "k8s" / "kustomization.yaml").read_text())["resources"]
-    assert sorted(listed) == sorted(f.name for f in (ROOT / "k8s").glob("*.yaml") if f.name != "kustomization.yaml")
+    assert sorted(listed) == sorted(
+        f.name for f in (ROOT / "k8s").glob("*.yaml") if f.name != "kustomization.yaml"
+    )

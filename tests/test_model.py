@@ -49,9 +49,18 @@ def test_half_written_folder_is_not_taken_for_a_model(tmp_path: Path) -> None:
 
 
 def test_cli_model_path_follows_settings(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "toolsim", "model", "path"], capture_output=True, text=True,
-                         env={"TOOLSIM_CACHE_DIR": str(tmp_path), "PATH": ""}, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "toolsim", "model", "path"],
+        capture_output=True,
+        text=True,
+        env={"TOOLSIM_CACHE_DIR": str(tmp_path), "PATH": ""},
+        check=True,
+    )
     assert out.stdout.strip() == str(tmp_path / "models" / "SmolLM2-135M-Instruct")
-    bad = subprocess.run([sys.executable, "-m", "toolsim", "serve", "toolactor"], capture_output=True, text=True,
-                         env={"TOOLSIM_REDIS_URL": "localhost:6379", "PATH": ""})
+    bad = subprocess.run(
+        [sys.executable, "-m", "toolsim", "serve", "toolactor"],
+        capture_output=True,
+        text=True,
+        env={"TOOLSIM_REDIS_URL": "localhost:6379", "PATH": ""},
+    )
     assert bad.returncode == 2 and "redis://host:port/db" in bad.stderr

@@ -13,14 +13,18 @@ from toolsim.errors import BackendUnavailableError, GenerationFailedError
 from toolsim.llm.base import GenerationRequest
 from toolsim.llm.vllm import VLLMBackend
 
-REQUEST = GenerationRequest([{"role": "user", "content": "hi"}], WEATHER_OUTPUT, seed=7,
-                            temperature=0.5, max_tokens=99)
+REQUEST = GenerationRequest(
+    [{"role": "user", "content": "hi"}], WEATHER_OUTPUT, seed=7, temperature=0.5, max_tokens=99
+)
 
 
 def completion(content: str, finish: str = "stop") -> dict[str, Any]:
-    return {"choices": [{"message": {"role": "assistant", "content": content},
-                         "finish_reason": finish}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 3}}
+    return {
+        "choices": [
+            {"message": {"role": "assistant", "content": content}, "finish_reason": finish}
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3},
+    }
 
 
 async def test_payload_carries_schema_seed_and_limits() -> None:
@@ -38,8 +42,10 @@ async def test_payload_carries_schema_seed_and_limits() -> None:
     payload = seen[0]
     assert payload["seed"] == 7 and payload["temperature"] == 0.5 and payload["max_tokens"] == 99
     assert payload["model"] == "smollm2"
-    assert payload["response_format"] == {"type": "json_schema",
-                                          "json_schema": {"name": "observation", "schema": WEATHER_OUTPUT}}
+    assert payload["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "observation", "schema": WEATHER_OUTPUT},
+    }
     assert "guided_json" not in payload
     await backend.aclose()
 
@@ -52,13 +58,21 @@ async def test_choices_use_structured_outputs() -> None:
         return httpx.Response(200, json=completion("b"))
 
     backend = VLLMBackend("http://x/v1", "m", transport=httpx.MockTransport(handler))
-    await backend.generate(GenerationRequest([{"role": "user", "content": "?"}], choices=["a", "b"]))
+    await backend.generate(
+        GenerationRequest([{"role": "user", "content": "?"}], choices=["a", "b"])
+    )
     assert seen[0]["structured_outputs"] == {"choice": ["a", "b"]}
     assert "response_format" not in seen[0]
 
 
 async def test_retries_503_and_connection_errors_then_succeeds() -> None:
-    answers = iter([httpx.ConnectError("refused"), httpx.Response(503), httpx.Response(200, json=completion("{}"))])
+    answers = iter(
+        [
+            httpx.ConnectError("refused"),
+            httpx.Response(503),
+            httpx.Response(200, json=completion("{}")),
+        ]
+    )
 
     def handler(request: httpx.Request) -> httpx.Response:
         answer = next(answers)
@@ -66,12 +80,15 @@ async def test_retries_503_and_connection_errors_then_succeeds() -> None:
             raise answer
         return answer
 
-    backend = VLLMBackend("http://x/v1", "m", connect_retries=2, transport=httpx.MockTransport(handler))
+    backend = VLLMBackend(
+        "http://x/v1", "m", connect_retries=2, transport=httpx.MockTransport(handler)
+    )
     assert (await backend.generate(REQUEST)).text == "{}"
 
 
 @pytest.mark.parametrize(
-    ("status", "error"), [(400, GenerationFailedError), (500, BackendUnavailableError), (503, BackendUnavailableError)]
+    ("status", "error"),
+    [(400, GenerationFailedError), (500, BackendUnavailableError), (503, BackendUnavailableError)],
 )
 async def test_status_errors(status: int, error: type[Exception]) -> None:
     calls = []
@@ -80,7 +97,9 @@ async def test_status_errors(status: int, error: type[Exception]) -> None:
         calls.append(1)
         return httpx.Response(status, text="nope")
 
-    backend = VLLMBackend("http://x/v1", "m", connect_retries=1, transport=httpx.MockTransport(handler))
+    backend = VLLMBackend(
+        "http://x/v1", "m", connect_retries=1, transport=httpx.MockTransport(handler)
+    )
     with pytest.raises(error):
         await backend.generate(REQUEST)
     assert len(calls) == (2 if status == 503 else 1)  # only 502/503 are retried
@@ -93,7 +112,9 @@ async def test_timeout_is_not_retried() -> None:
         calls.append(1)
         raise httpx.ReadTimeout("slow")
 
-    backend = VLLMBackend("http://x/v1", "m", connect_retries=3, transport=httpx.MockTransport(handler))
+    backend = VLLMBackend(
+        "http://x/v1", "m", connect_retries=3, transport=httpx.MockTransport(handler)
+    )
     with pytest.raises(BackendUnavailableError, match="timed out"):
         await backend.generate(REQUEST)
     assert len(calls) == 1
@@ -104,12 +125,18 @@ async def test_toolactor_with_unreachable_server_answers_503_quickly() -> None:
     from toolsim_toolactor import ActorSettings, create_app
 
     port = free_port()
-    app = create_app(ActorSettings(backend="vllm", vllm_url=f"http://127.0.0.1:{port}/v1",
-                                   llm_connect_retries=1))
+    app = create_app(
+        ActorSettings(backend="vllm", vllm_url=f"http://127.0.0.1:{port}/v1", llm_connect_retries=1)
+    )
     async with app.router.lifespan_context(app):
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://a")
-        r = await client.post("/v1/tool_calls", json={
-            "tools": [WEATHER_TOOL], "tool_calls": [tool_call("get_weather", '{"city": "Oslo"}')]})
+        r = await client.post(
+            "/v1/tool_calls",
+            json={
+                "tools": [WEATHER_TOOL],
+                "tool_calls": [tool_call("get_weather", '{"city": "Oslo"}')],
+            },
+        )
         assert r.status_code == 503 and r.json()["error"]["code"] == "backend_unavailable"
         assert r.headers["retry-after"]
         ready = await client.get("/ready")
@@ -126,5 +153,3 @@ def test_settings_reject_bad_urls() -> None:
         ActorSettings(redis_url="localhost:6379")
     with pytest.raises(ValidationError, match="http"):
         ActorSettings(backend="vllm", vllm_url="vllm:8000")
-
-

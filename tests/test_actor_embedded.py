@@ -1,0 +1,147 @@
+"""The ToolActor on the real packaged model, in process: constrained, valid, batched, grounded."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import pytest_asyncio
+from jsonschema import Draft202012Validator
+
+from tests.conftest import WEATHER_TOOL, tool_call
+from toolsim.config import CommonSettings
+from toolsim.llm.embedded import EmbeddedBackend
+from toolsim_toolactor import ActorSettings, create_app
+
+pytestmark = pytest.mark.slow
+
+OUTPUT = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 40},
+        "temperature_c": {"type": "integer"},
+        "conditions": {"type": "string", "enum": ["sunny", "cloudy", "rain", "snow"]},
+    },
+    "required": ["city", "temperature_c", "conditions"],
+    "additionalProperties": False,
+}
+
+
+def model_dir() -> Path:
+    path = Path(os.environ.get("TOOLSIM_MODEL_DIR", CommonSettings().resolved_model_dir))
+    if not (path / "config.json").is_file():
+        pytest.fail(f"no model at {path}: run `toolsim model fetch` first (make test does)")
+    return path
+
+
+class Actor:
+    def __init__(self, client: httpx.AsyncClient, backend: EmbeddedBackend) -> None:
+        self.http, self.backend = client, backend
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def actor() -> AsyncIterator[Actor]:
+    backend = EmbeddedBackend(model_dir())
+    app = create_app(ActorSettings(max_tokens=96), backend=backend)
+    async with app.router.lifespan_context(app):
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://a", timeout=600
+        )
+        yield Actor(client, backend)
+        await client.aclose()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_real_model_observation_is_schema_valid_and_replayed(actor: Actor) -> None:
+    body = {
+        "tools": [WEATHER_TOOL],
+        "output_schemas": {"get_weather": OUTPUT},
+        "tool_calls": [tool_call("get_weather", '{"city": "Paris"}')],
+    }
+    r = await actor.http.post("/v1/tool_calls", json=body)
+    assert r.status_code == 200, r.text
+    observation = orjson.loads(r.json()["messages"][0]["content"])
+    Draft202012Validator(OUTPUT).validate(observation)
+    again = await actor.http.post("/v1/tool_calls", json=body)
+    assert again.json()["observations"][0]["source"] == "cache"
+    assert again.json()["messages"] == r.json()["messages"]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_parallel_calls_are_decoded_in_one_batch(actor: Actor) -> None:
+    cities = ["Oslo", "Lima", "Cairo", "Quito", "Dakar", "Perth", "Hanoi", "Minsk"]
+    calls = [
+        tool_call("get_weather", orjson.dumps({"city": c}).decode(), f"call_{i}")
+        for i, c in enumerate(cities)
+    ]
+    before = actor.backend.stats_snapshot()
+    r = await actor.http.post(
+        "/v1/tool_calls",
+        json={
+            "tools": [WEATHER_TOOL],
+            "output_schemas": {"get_weather": OUTPUT},
+            "tool_calls": calls,
+            "seed": 11,
+        },
+    )
+    assert r.status_code == 200, r.text
+    for message in r.json()["messages"]:
+        Draft202012Validator(OUTPUT).validate(orjson.loads(message["content"]))
+    after = actor.backend.stats_snapshot()
+    assert after.max_batch_size >= 4, "parallel calls were not decoded together"
+    steps = after.decode_steps - before.decode_steps
+    tokens = after.completion_tokens - before.completion_tokens
+    assert steps < tokens / 2, f"{steps} decode steps for {tokens} tokens: not batched"
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_grounded_episode_on_the_real_model(actor: Actor) -> None:
+    search = {
+        "type": "function",
+        "function": {
+            "name": "search",
+            "description": "Search an encyclopedia.",
+            "parameters": {
+                "type": "object",
+                "properties": {"query": {"type": "string"}},
+                "required": ["query"],
+            },
+        },
+    }
+    out = {
+        "type": "object",
+        "properties": {
+            "title": {"type": "string", "maxLength": 60},
+            "snippet": {"type": "string", "maxLength": 200},
+        },
+        "required": ["title", "snippet"],
+        "additionalProperties": False,
+    }
+    ts = (
+        await actor.http.post(
+            "/v1/toolsets", json={"tools": [search], "output_schemas": {"search": out}}
+        )
+    ).json()
+    grounding = {
+        "question": "Where was Ada Lovelace born?",
+        "answer": "London",
+        "passages": [{"title": "Ada Lovelace", "text": "Ada Lovelace was born in London in 1815."}],
+    }
+    episode = (
+        await actor.http.post(
+            "/v1/episodes", json={"toolset_id": ts["id"], "seed": 2, "grounding": grounding}
+        )
+    ).json()["episode_id"]
+    r = await actor.http.post(
+        f"/v1/toolsets/{ts['id']}/tools/search",
+        json={"query": "Ada Lovelace birthplace"},
+        headers={"X-Episode-Id": episode},
+    )
+    assert r.status_code == 200, r.text
+    Draft202012Validator(out).validate(r.json())
+    events = (await actor.http.get(f"/v1/episodes/{episode}")).json()["events"]
+    assert len(events) == 1 and orjson.loads(events[0]["observation"]) == r.json()
