@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PYTHON, ROOT, free_port, server
 from toolsim.config import CommonSettings
 from toolsim.llm.base import GenerationRequest, LLMBackend
+from toolsim.llm.factory import build_backend
 from toolsim.toolsets import build_toolset
 from toolsim_toolactor.prompt import build_messages
 
@@ -191,14 +192,11 @@ async def batching(backend: LLMBackend) -> float:
 
 
 def make_backend(kind: str, vllm_url: str | None) -> LLMBackend:
-    settings = CommonSettings()
-    if kind == "vllm":
-        from toolsim.llm.vllm import VLLMBackend
-
-        return VLLMBackend(vllm_url or settings.vllm_url, settings.vllm_model, timeout_s=600)
-    from toolsim.llm.embedded import EmbeddedBackend
-
-    return EmbeddedBackend(settings.resolved_model_dir)
+    """The backend exactly as the ToolActor builds it from the same settings."""
+    overrides = {"backend": kind, "llm_timeout_s": 600}
+    if vllm_url:
+        overrides["vllm_url"] = vllm_url
+    return build_backend(CommonSettings(**overrides))
 
 
 async def main_async(args: argparse.Namespace, vllm_url: str | None) -> None:

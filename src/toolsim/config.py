@@ -43,10 +43,12 @@ class CommonSettings(BaseSettings):
     """Retries on connection errors and 502/503 from the server (with backoff)."""
     embedded_max_batch: int = Field(default=16, ge=1, le=256)
     """Most concurrent generations the embedded backend decodes as one batch."""
-    embedded_batch_wait_ms: float = Field(default=5.0, ge=0)
+    embedded_batch_wait_ms: float = Field(default=20.0, ge=0)
     """How long the embedded backend waits for more requests to join a batch."""
     embedded_threads: int | None = Field(default=None, ge=1)
     """torch threads for the embedded backend (default: torch's choice)."""
+    embedded_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Weights dtype of the embedded backend; ``auto`` picks bfloat16 where the CPU has it."""
     redis_url: str | None = None
     """``redis://host:port/db``: share the cache and registry through Redis. Unset: in memory."""
     redis_prefix: str = "toolsim:"

@@ -37,4 +37,5 @@ def build_backend(settings: CommonSettings) -> LLMBackend:
         max_batch_size=settings.embedded_max_batch,
         batch_wait_ms=settings.embedded_batch_wait_ms,
         num_threads=settings.embedded_threads,
+        dtype=settings.embedded_dtype,
     )
