@@ -17,10 +17,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PYTHON, WrkResult, free_port, server, wrk
 
 BODY = {
@@ -65,6 +66,30 @@ def measure(url: str, duration: int) -> dict[int, WrkResult]:
     body = json.dumps(BODY).encode()
     wrk(url, body, 8, 1)  # warm-up
     return {c: wrk(url, body, c, duration) for c in CONNECTIONS}
+
+
+def plot(results: dict[str, dict[int, WrkResult]], path: Path) -> None:
+    """Throughput and p99 per server and connection count, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_rps, ax_p99) = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / len(results)
+    for i, (name, rows) in enumerate(results.items()):
+        xs = [c + (i - (len(results) - 1) / 2) * width for c in range(len(CONNECTIONS))]
+        ax_rps.bar(xs, [r.rps for r in rows.values()], width, label=name)
+        ax_p99.bar(xs, [r.p99_ms for r in rows.values()], width, label=name)
+    for ax, title in ((ax_rps, "requests/s"), (ax_p99, "p99 latency (ms)")):
+        ax.set_xticks(range(len(CONNECTIONS)), [f"{c} conn" for c in CONNECTIONS])
+        ax.set_title(title)
+    ax_rps.legend()
+    fig.suptitle("ToolActor cache-hit path vs peers (wrk, one uvicorn process each)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    print(f"plot: {path}")
 
 
 def main() -> None:
@@ -125,6 +150,7 @@ def main() -> None:
             f"c={c:<3} actor/fastapi {actor[c].rps / fastapi[c].rps:.2f}x   "
             f"actor/asgi {actor[c].rps / asgi[c].rps:.2f}x"
         )
+    plot(results, Path(__file__).resolve().parent / "results" / "cache_hit.png")
     a32, f32, r32 = actor[32], fastapi[32], asgi[32]
     cache = "redis" if args.redis else "memory"
     print(

@@ -15,6 +15,7 @@ from toolsim.llm.factory import build_backend
 from toolsim.registry import MemoryRegistry, RedisRegistry, Registry
 from toolsim_toolactor.cache import MemoryCache, ObservationCache, RedisCache
 from toolsim_toolactor.config import ActorSettings
+from toolsim_toolactor.mcp import MCPFace, mcp_routes
 from toolsim_toolactor.metrics import ActorMetrics
 from toolsim_toolactor.routes import episodes, system, tool_calls, toolsets
 from toolsim_toolactor.routes.tool_calls import ToolCallsEndpoint
@@ -33,6 +34,7 @@ def create_app(
     """Build the app. Parts passed in replace the ones the settings would build."""
     settings = settings or ActorSettings()
     metrics = ActorMetrics()
+    mcp_face = MCPFace(max_body_bytes=settings.max_body_bytes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,7 +63,8 @@ def create_app(
         )
         app.state.actor = ActorState(settings, llm, obs_cache, reg, metrics, service)
         try:
-            yield
+            async with mcp_face.run(service):
+                yield
         finally:
             await llm.aclose()
             await obs_cache.aclose()
@@ -78,6 +81,7 @@ def create_app(
     install_error_handlers(app)
     for module in (tool_calls, toolsets, episodes, system):
         app.include_router(module.router)
+    app.routes.extend(mcp_routes(mcp_face))  # /v1/toolsets/{toolset_id}/mcp
     app.add_middleware(MetricsMiddleware, observe=metrics.observe_request)
     # Outermost: the hot path skips everything FastAPI adds (see routes/tool_calls.py).
     app.add_middleware(ToolCallsEndpoint, fastapi_app=app)
