@@ -37,7 +37,7 @@ lint: install
 	$(BIN)/ruff format --check src services tests bench
 
 typecheck: install
-	$(BIN)/mypy -p toolsim -p toolsim_toolactor
+	$(BIN)/mypy -p toolsim -p toolsim_toolactor -p toolsim_toolmaker
 
 check: lint typecheck
 

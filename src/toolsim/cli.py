@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     actor.add_argument("--host", help="interface (default TOOLSIM_HOST or 127.0.0.1)")
     actor.add_argument("--port", type=int, help="port (default TOOLSIM_PORT or 8001)")
     actor.set_defaults(func=_serve_toolactor)
+    maker = services.add_parser("toolmaker", help="the ToolMaker (default 127.0.0.1:8002)")
+    maker.add_argument("--host", help="interface (default TOOLSIM_HOST or 127.0.0.1)")
+    maker.add_argument("--port", type=int, help="port (default TOOLSIM_MAKER_PORT or 8002)")
+    maker.set_defaults(func=_serve_toolmaker)
 
     model = commands.add_parser("model", help="the packaged SmolLM2 model")
     model_cmds = model.add_subparsers(required=True, metavar="ACTION")
@@ -55,6 +59,25 @@ def _serve_toolactor(args: argparse.Namespace) -> int:
         create_app(settings),
         host=settings.host,
         port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=settings.log_level,
+    )
+    return 0
+
+
+def _serve_toolmaker(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from toolsim_toolmaker import MakerSettings, create_app
+
+    overrides = {k: v for k, v in (("host", args.host), ("maker_port", args.port)) if v is not None}
+    settings = MakerSettings(**overrides)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.maker_port,
         loop="uvloop",
         http="httptools",
         access_log=False,

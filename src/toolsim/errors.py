@@ -12,7 +12,8 @@
     ├── PayloadTooLargeError          413 payload_too_large
     ├── BackendUnavailableError       503 backend_unavailable  (engine down or timing out)
     ├── StoreUnavailableError         503 store_unavailable    (registry's Redis down)
-    └── GenerationFailedError         502 generation_failed    (no valid observation after retries)
+    ├── GenerationFailedError         502 generation_failed    (no valid observation after retries)
+    └── LiveToolError                 502 live_tool_failed     (a real endpoint failed)
 
 Handlers turn them into the OpenAI envelope
 ``{"error": {"message", "type", "param", "code"}}``; nothing else reaches a client.
@@ -120,3 +121,11 @@ class StoreUnavailableError(BackendUnavailableError):
     """The registry (toolsets, episodes) cannot be read or written. Transient."""
 
     code = "store_unavailable"
+
+
+class LiveToolError(ToolsimError):
+    """A real tool endpoint (``live``/``record`` mode) failed or answered something unusable."""
+
+    status_code = 502
+    code = "live_tool_failed"
+    error_type = "upstream_error"

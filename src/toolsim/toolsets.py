@@ -19,6 +19,9 @@ from jsonschema.exceptions import SchemaError, ValidationError
 from toolsim.errors import InvalidArgumentsError, InvalidToolDefinitionError
 from toolsim.jsonutil import canonical, digest
 
+TOOL_MODES = ("simulated", "live", "record")
+"""How the ToolActor answers a tool: the LLM; the real tool; the real tool, stored in the cache
+so later simulated runs replay it."""
 NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 MAX_TOOLS = 128
 MAX_DESCRIPTION_CHARS = 4096
@@ -46,6 +49,10 @@ class Tool:
     definition: dict[str, Any]
     output_schema: dict[str, Any]
     stateful: bool
+    mode: str
+    """One of ``TOOL_MODES``."""
+    endpoint: str | None
+    """Real HTTP endpoint for ``live``/``record`` (None: a built-in utility tool)."""
     digest: str
     """Digest of definition + output schema + statefulness: part of every cache key."""
     validator: Draft202012Validator = field(repr=False, compare=False)
@@ -106,6 +113,13 @@ class Toolset:
     def stateful(self) -> dict[str, bool]:
         return {name: tool.stateful for name, tool in self.tools.items()}
 
+    def modes(self) -> dict[str, str]:
+        """Tools that are not simulated, with their mode."""
+        return {n: t.mode for n, t in self.tools.items() if t.mode != "simulated"}
+
+    def live_endpoints(self) -> dict[str, str]:
+        return {n: t.endpoint for n, t in self.tools.items() if t.endpoint is not None}
+
     def to_record(self) -> dict[str, Any]:
         """The JSON form stored in the registry (enough to rebuild the toolset)."""
         return {
@@ -113,6 +127,8 @@ class Toolset:
             "tools": self.definitions(),
             "output_schemas": self.output_schemas(),
             "stateful": self.stateful(),
+            **({"modes": self.modes()} if self.modes() else {}),
+            **({"live_endpoints": self.live_endpoints()} if self.live_endpoints() else {}),
         }
 
 
@@ -120,34 +136,48 @@ def toolset_id(
     tools: list[dict[str, Any]],
     output_schemas: Mapping[str, Any],
     stateful: Mapping[str, bool],
+    execution: Mapping[str, Any] | None = None,
 ) -> str:
-    return (
-        "ts_"
-        + digest({"tools": tools, "output_schemas": output_schemas, "stateful": stateful})[:24]
-    )
+    content: dict[str, Any] = {
+        "tools": tools,
+        "output_schemas": output_schemas,
+        "stateful": stateful,
+    }
+    if execution:  # only when some tool is not simulated: plain toolsets keep their ids
+        content["execution"] = execution
+    return "ts_" + digest(content)[:24]
 
 
 def build_toolset(
     tools: list[dict[str, Any]],
     output_schemas: Mapping[str, Any] | None = None,
     stateful: Mapping[str, bool] | None = None,
+    modes: Mapping[str, str] | None = None,
+    live_endpoints: Mapping[str, str] | None = None,
 ) -> Toolset:
     """Validate raw definitions into a ``Toolset``; raises ``InvalidToolDefinitionError``."""
     output_schemas = dict(output_schemas or {})
     stateful = dict(stateful or {})
+    execution = {"modes": dict(modes or {}), "live_endpoints": dict(live_endpoints or {})}
     if not tools:
         raise InvalidToolDefinitionError("a toolset needs at least one tool", param="tools")
     if len(tools) > MAX_TOOLS:
         raise InvalidToolDefinitionError(f"at most {MAX_TOOLS} tools", param="tools")
     built: dict[str, Tool] = {}
     for i, definition in enumerate(tools):
-        tool = _build_tool(i, definition, output_schemas, stateful)
+        tool = _build_tool(i, definition, output_schemas, stateful, execution)
         if tool.name in built:
             raise InvalidToolDefinitionError(
                 f"duplicate tool name {tool.name!r}", param=f"tools[{i}].function.name"
             )
         built[tool.name] = tool
-    for mapping, label in ((output_schemas, "output_schemas"), (stateful, "stateful")):
+    mappings = (
+        (output_schemas, "output_schemas"),
+        (stateful, "stateful"),
+        (execution["modes"], "modes"),
+        (execution["live_endpoints"], "live_endpoints"),
+    )
+    for mapping, label in mappings:
         unknown = sorted(set(mapping) - set(built))
         if unknown:
             raise InvalidToolDefinitionError(
@@ -157,12 +187,27 @@ def build_toolset(
     # The id covers the normalized content, so defaults count and spelling does not.
     record_stateful = {n: t.stateful for n, t in built.items()}
     record_schemas = {n: t.output_schema for n, t in built.items()}
-    tid = toolset_id([t.definition for t in built.values()], record_schemas, record_stateful)
+    used = {
+        "modes": {n: t.mode for n, t in built.items() if t.mode != "simulated"},
+        "live_endpoints": {n: t.endpoint for n, t in built.items() if t.endpoint is not None},
+    }
+    tid = toolset_id(
+        [t.definition for t in built.values()],
+        record_schemas,
+        record_stateful,
+        used if any(used.values()) else None,
+    )
     return Toolset(id=tid, tools=built)
 
 
 def toolset_from_record(record: Mapping[str, Any]) -> Toolset:
-    return build_toolset(record["tools"], record.get("output_schemas"), record.get("stateful"))
+    return build_toolset(
+        record["tools"],
+        record.get("output_schemas"),
+        record.get("stateful"),
+        record.get("modes"),
+        record.get("live_endpoints"),
+    )
 
 
 def _build_tool(
@@ -170,6 +215,7 @@ def _build_tool(
     definition: Any,
     output_schemas: Mapping[str, Any],
     stateful: Mapping[str, bool],
+    execution: Mapping[str, Mapping[str, str]],
 ) -> Tool:
     where = f"tools[{i}]"
     if not isinstance(definition, dict) or definition.get("type") != "function":
@@ -197,16 +243,35 @@ def _build_tool(
     is_stateful = stateful.get(name, False)
     if not isinstance(is_stateful, bool):
         raise InvalidToolDefinitionError("stateful flags are booleans", param=f"stateful.{name}")
+    mode, endpoint = _execution(name, execution)
     clean = {"type": "function", "function": {**function, "parameters": parameters}}
     return Tool(
         name=name,
         definition=clean,
         output_schema=output_schema,
         stateful=is_stateful,
+        mode=mode,
+        endpoint=endpoint,
         digest=digest({"d": clean, "o": output_schema, "s": is_stateful}),
         validator=Draft202012Validator(parameters),
         output_validator=Draft202012Validator(output_schema),
     )
+
+
+def _execution(name: str, execution: Mapping[str, Mapping[str, str]]) -> tuple[str, str | None]:
+    mode = execution["modes"].get(name, "simulated")
+    if mode not in TOOL_MODES:
+        raise InvalidToolDefinitionError(
+            f"mode {mode!r} is not one of {list(TOOL_MODES)}", param=f"modes.{name}"
+        )
+    endpoint = execution["live_endpoints"].get(name)
+    if endpoint is not None and not (
+        isinstance(endpoint, str) and endpoint.startswith(("http://", "https://"))
+    ):
+        raise InvalidToolDefinitionError(
+            "a live endpoint is an http(s) URL", param=f"live_endpoints.{name}"
+        )
+    return mode, endpoint
 
 
 def _check_schema(schema: Any, param: str, *, require_object: bool) -> None:

@@ -15,6 +15,7 @@ from toolsim.llm.factory import build_backend
 from toolsim.registry import MemoryRegistry, RedisRegistry, Registry
 from toolsim_toolactor.cache import MemoryCache, ObservationCache, RedisCache
 from toolsim_toolactor.config import ActorSettings
+from toolsim_toolactor.live import LiveExecutor
 from toolsim_toolactor.mcp import MCPFace, mcp_routes
 from toolsim_toolactor.metrics import ActorMetrics
 from toolsim_toolactor.routes import episodes, system, tool_calls, toolsets
@@ -52,10 +53,12 @@ def create_app(
             timeout_s=settings.llm_timeout_s,
             max_concurrent=settings.max_concurrent_generations,
         )
+        live = LiveExecutor(search_corpus=settings.search_corpus, timeout_s=settings.live_timeout_s)
         service = ToolActorService(
             registry=reg,
             cache=obs_cache,
             simulator=simulator,
+            live=live,
             metrics=metrics,
             model_name=llm.model_name,
             default_seed=settings.default_seed,
@@ -67,6 +70,7 @@ def create_app(
                 yield
         finally:
             await llm.aclose()
+            await live.aclose()
             await obs_cache.aclose()
             if redis_client is not None:
                 await redis_client.aclose()

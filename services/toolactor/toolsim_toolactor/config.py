@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from toolsim.config import CommonSettings
@@ -30,5 +32,9 @@ class ActorSettings(CommonSettings):
     """Seed used when neither the request nor its episode gives one."""
     history_events: int = Field(default=8, ge=0, le=64)
     """Earlier calls of the episode shown to the simulator."""
+    search_corpus: list[Path] = Field(default_factory=list)
+    """Passage files (JSON/JSONL) behind the live ``search`` tool, as a JSON list of paths."""
+    live_timeout_s: float = Field(default=30.0, gt=0)
+    """Longest wait for a real tool endpoint in ``live``/``record`` mode."""
     max_concurrent_generations: int = Field(default=64, ge=1)
     """Generations in flight at once; more wait (the backend batches what is in flight)."""

@@ -53,8 +53,14 @@ class ActorMetrics:
             "toolsim_cache_degraded", "1 while the Redis cache is unreachable", registry=r
         )
 
+        self.live_schema_mismatches = Counter(
+            "toolsim_live_schema_mismatches",
+            "Live observations that broke the tool's output schema (returned, not recorded)",
+            registry=r,
+        )
         self.cache_observations = self.observations.labels("cache")
         self.simulated_observations = self.observations.labels("simulated")
+        self.live_observations = self.observations.labels("live")
         self._per_route: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:

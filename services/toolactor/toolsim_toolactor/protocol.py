@@ -7,6 +7,7 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 JSONSchema = dict[str, Any]
+ToolMode = Literal["simulated", "live", "record"]
 
 
 class _Model(BaseModel):
@@ -38,6 +39,10 @@ class ToolCallsRequest(_Model):
     """Output schema per tool name (inline tools only)."""
     stateful: dict[str, bool] | None = None
     """Tools whose observations depend on the episode history (inline tools only)."""
+    modes: dict[str, ToolMode] | None = None
+    """``simulated`` (default), ``live`` or ``record`` per tool (inline tools only)."""
+    live_endpoints: dict[str, str] | None = None
+    """Real HTTP endpoint per ``live``/``record`` tool that is not a utility tool."""
     tool_calls: list[ToolCall] = Field(min_length=1, max_length=128)
     episode_id: str | None = None
     seed: int | None = None
@@ -46,8 +51,12 @@ class ToolCallsRequest(_Model):
     def _one_source(self) -> Self:
         if (self.tools is None) == (self.toolset_id is None):
             raise ValueError("give exactly one of 'tools' and 'toolset_id'")
-        if self.toolset_id is not None and (self.output_schemas or self.stateful):
-            raise ValueError("'output_schemas' and 'stateful' go with inline 'tools' only")
+        inline_only = (self.output_schemas, self.stateful, self.modes, self.live_endpoints)
+        if self.toolset_id is not None and any(inline_only):
+            raise ValueError(
+                "'output_schemas', 'stateful', 'modes' and 'live_endpoints' go with inline "
+                "'tools' only"
+            )
         return self
 
 
@@ -72,6 +81,8 @@ class ToolsetCreate(_Model):
     tools: list[dict[str, Any]] = Field(min_length=1)
     output_schemas: dict[str, JSONSchema] | None = None
     stateful: dict[str, bool] | None = None
+    modes: dict[str, ToolMode] | None = None
+    live_endpoints: dict[str, str] | None = None
 
 
 class ToolsetOut(BaseModel):

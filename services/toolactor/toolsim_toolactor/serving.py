@@ -15,6 +15,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
+
 from toolsim.errors import (
     EpisodeNotFoundError,
     InvalidRequestError,
@@ -25,12 +27,14 @@ from toolsim.jsonutil import digest, dumps
 from toolsim.registry import Registry
 from toolsim.toolsets import Tool, Toolset, build_toolset, toolset_from_record
 from toolsim_toolactor.cache import ObservationCache
+from toolsim_toolactor.live import LiveExecutor
 from toolsim_toolactor.metrics import ActorMetrics
 from toolsim_toolactor.prompt import PROMPT_VERSION, EpisodeContext
 from toolsim_toolactor.protocol import EpisodeCreate, ToolCallsRequest
 from toolsim_toolactor.simulator import Simulator
 
-Source = Literal["cache", "simulated"]
+Source = Literal["cache", "simulated", "live"]
+RECORD_VERSION = "rec1"
 TOOLSET_LRU_SIZE = 1024
 ARGUMENTS_MEMO_SIZE = 8192
 
@@ -59,6 +63,7 @@ class ToolActorService:
         registry: Registry,
         cache: ObservationCache,
         simulator: Simulator,
+        live: LiveExecutor,
         metrics: ActorMetrics,
         model_name: str,
         default_seed: int,
@@ -67,6 +72,7 @@ class ToolActorService:
         self._registry = registry
         self._cache = cache
         self._simulator = simulator
+        self._live = live
         self._metrics = metrics
         self._model_name = model_name
         self._default_seed = default_seed
@@ -83,8 +89,11 @@ class ToolActorService:
         tools: list[dict[str, Any]],
         output_schemas: dict[str, Any] | None,
         stateful: dict[str, bool] | None,
+        modes: dict[str, str] | None = None,
+        live_endpoints: dict[str, str] | None = None,
     ) -> Toolset:
-        toolset = build_toolset(tools, output_schemas, stateful)
+        toolset = build_toolset(tools, output_schemas, stateful, modes, live_endpoints)
+        self._live.check(toolset)
         await self._registry.put_toolset(toolset.to_record())
         self._remember(toolset)
         return toolset
@@ -104,11 +113,26 @@ class ToolActorService:
         """Validate inline tools once; later requests with the same tools reuse the result."""
         # The memo key is the raw JSON, unsorted: cheaper than a canonical digest, and a
         # differently ordered copy only costs one more validation, not a wrong answer.
-        key = dumps((request.tools, request.output_schemas, request.stateful))
+        key = dumps(
+            (
+                request.tools,
+                request.output_schemas,
+                request.stateful,
+                request.modes,
+                request.live_endpoints,
+            )
+        )
         toolset_id = self._inline_ids.get(key)
         if toolset_id is not None and toolset_id in self._toolsets:
             return self._toolsets[toolset_id]
-        toolset = build_toolset(request.tools or [], request.output_schemas, request.stateful)
+        toolset = build_toolset(
+            request.tools or [],
+            request.output_schemas,
+            request.stateful,
+            request.modes,
+            request.live_endpoints,
+        )
+        self._live.check(toolset)
         self._remember(toolset)
         self._inline_ids[key] = toolset.id
         _trim(self._inline_ids)
@@ -237,6 +261,9 @@ class ToolActorService:
         history_digest: str | None,
     ) -> Observation:
         started = time.perf_counter()
+        if tool.mode != "simulated":
+            content = await self._call_live(tool, arguments)
+            return Observation(content, "live", (time.perf_counter() - started) * 1000)
         key = digest(
             {
                 "v": PROMPT_VERSION,
@@ -254,6 +281,10 @@ class ToolActorService:
             self._metrics.cache_observations.inc()
             return Observation(cached, "cache", (time.perf_counter() - started) * 1000)
         self._metrics.cache_misses.inc()
+        recorded = await self._cache.get(_recorded_key(tool, arguments))
+        if recorded is not None:  # a real observation recorded earlier beats a simulated one
+            self._metrics.cache_observations.inc()
+            return Observation(recorded, "cache", (time.perf_counter() - started) * 1000)
         content = await self._coalesced(key, tool, arguments, context, seed)
         self._metrics.simulated_observations.inc()
         return Observation(content, "simulated", (time.perf_counter() - started) * 1000)
@@ -276,6 +307,16 @@ class ToolActorService:
         # shield: a caller that goes away must not cancel a generation others wait for
         return await asyncio.shield(task)
 
+    async def _call_live(self, tool: Tool, arguments: dict[str, Any]) -> bytes:
+        content = await self._live.call(tool, arguments)
+        self._metrics.live_observations.inc()
+        if not tool.output_validator.is_valid(orjson.loads(content)):
+            # the real tool is the truth: return it, but never record what breaks the schema
+            self._metrics.live_schema_mismatches.inc()
+        elif tool.mode == "record":
+            await self._cache.set(_recorded_key(tool, arguments), content)
+        return content
+
     def _finished(self, key: str, task: asyncio.Task[bytes]) -> None:
         self._inflight.pop(key, None)
         if not task.cancelled():
@@ -292,6 +333,12 @@ class ToolActorService:
         content = await self._simulator.simulate(tool, arguments, context, seed)
         await self._cache.set(key, content)  # only reached with a valid observation
         return content
+
+
+def _recorded_key(tool: Tool, arguments: dict[str, Any]) -> str:
+    """Where ``record`` mode stores a real observation: the tool and arguments only, so a
+    later simulated run replays it whatever its seed, episode or simulator model."""
+    return digest({"v": RECORD_VERSION, "t": tool.digest, "a": arguments})
 
 
 def _tool(toolset: Toolset, name: str, param: str) -> Tool:

@@ -23,7 +23,13 @@ def _toolset_out(toolset: Toolset) -> dict[str, object]:
 async def create_toolset(request: Request) -> Response:
     state = actor_state(request)
     body = parse_model(ToolsetCreate, await read_body(request, state.settings.max_body_bytes))
-    toolset = await state.service.register_toolset(body.tools, body.output_schemas, body.stateful)
+    toolset = await state.service.register_toolset(
+        body.tools,
+        body.output_schemas,
+        body.stateful,
+        dict(body.modes) if body.modes else None,
+        body.live_endpoints,
+    )
     return JSONBytesResponse(_toolset_out(toolset), status_code=201)
 
 

@@ -1,0 +1,79 @@
+"""The ToolMaker application factory: state is built in the lifespan and injected."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from toolsim import __version__
+from toolsim.http import NO_OTEL, MetricsMiddleware, install_error_handlers
+from toolsim.llm.base import LLMBackend
+from toolsim.llm.factory import build_backend
+from toolsim.registry import MemoryRegistry, RedisRegistry, Registry
+from toolsim_toolmaker.config import MakerSettings
+from toolsim_toolmaker.generation import ToolGenerator
+from toolsim_toolmaker.metrics import MakerMetrics
+from toolsim_toolmaker.routes import chat, system, toolsets
+from toolsim_toolmaker.serving import ToolMakerService
+from toolsim_toolmaker.state import MakerState
+
+
+def create_app(
+    settings: MakerSettings | None = None,
+    *,
+    backend: LLMBackend | None = None,
+    registry: Registry | None = None,
+) -> FastAPI:
+    """Build the app. Parts passed in replace the ones the settings would build."""
+    settings = settings or MakerSettings()
+    metrics = MakerMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = None
+        if registry is None and settings.redis_url is not None:
+            client = aioredis.Redis.from_url(
+                settings.redis_url, socket_connect_timeout=0.5, socket_timeout=2.0
+            )
+        reg = registry or (
+            RedisRegistry(client, prefix=settings.redis_prefix) if client else MemoryRegistry()
+        )
+        llm = backend or build_backend(settings)
+        await llm.start()
+        generator = ToolGenerator(
+            llm,
+            metrics,
+            attempts=settings.maker_attempts,
+            temperature=settings.maker_temperature,
+            max_tokens=settings.maker_max_tokens,
+        )
+        service = ToolMakerService(
+            registry=reg,
+            generator=generator,
+            metrics=metrics,
+            settings=settings,
+            model_name=llm.model_name,
+        )
+        app.state.maker = MakerState(settings, llm, reg, metrics, service)
+        try:
+            yield
+        finally:
+            await llm.aclose()
+            if client is not None:
+                await client.aclose()
+
+    app = FastAPI(
+        title="toolsim ToolMaker",
+        version=__version__,
+        description="Turns a task into validated OpenAI tool definitions.",
+        lifespan=lifespan,
+        telemetry=NO_OTEL,
+    )
+    install_error_handlers(app)
+    for module in (toolsets, chat, system):
+        app.include_router(module.router)
+    app.add_middleware(MetricsMiddleware, observe=metrics.observe_request)
+    return app

@@ -1,0 +1,52 @@
+"""Toolsets: generate from a task, store hand-written ones, import OpenAPI, read them back."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from toolsim.errors import InvalidRequestError
+from toolsim.http import JSONBytesResponse, parse_json, parse_model, read_body
+from toolsim_toolmaker.protocol import ToolsetRequest
+from toolsim_toolmaker.state import maker_state
+
+router = APIRouter(tags=["toolsets"])
+
+
+@router.post("/v1/toolsets", status_code=201)
+async def create_toolset(request: Request) -> Response:
+    state = maker_state(request)
+    body = parse_model(ToolsetRequest, await read_body(request, state.settings.max_body_bytes))
+    return JSONBytesResponse(await state.service.create(body), status_code=201)
+
+
+@router.post("/v1/toolsets/import", status_code=201)
+async def import_toolset(request: Request) -> Response:
+    state = maker_state(request)
+    document = parse_json(await read_body(request, state.settings.max_body_bytes))
+    if not isinstance(document, dict):
+        raise InvalidRequestError("an OpenAPI document is a JSON object")
+    return JSONBytesResponse(await state.service.from_openapi(document), status_code=201)
+
+
+@router.get("/v1/toolsets/{toolset_id}")
+async def get_toolset(toolset_id: str, request: Request) -> Response:
+    return JSONBytesResponse(await maker_state(request).service.get(toolset_id))
+
+
+@router.get("/v1/toolsets")
+async def list_toolsets(
+    request: Request,
+    offset: int = Query(default=0, ge=0),
+    limit: int = Query(default=20, ge=1, le=100),
+) -> Response:
+    records, total = await maker_state(request).service.page(offset, limit)
+    page = {
+        "object": "list",
+        "data": records,
+        "offset": offset,
+        "limit": limit,
+        "total": total,
+        "has_more": offset + len(records) < total,
+    }
+    return JSONBytesResponse(page)
