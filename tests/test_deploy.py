@@ -14,7 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_compose_wires_vllm_redis_and_toolactor_with_health_gates() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"vllm", "redis", "toolactor", "model"} <= set(services)
+    assert {"vllm", "redis", "toolactor", "toolmaker", "model"} <= set(services)
+    maker = services["toolmaker"]
+    assert maker["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert maker["environment"]["TOOLSIM_REDIS_URL"] == services["toolactor"]["environment"]["TOOLSIM_REDIS_URL"]
     actor = services["toolactor"]
     assert actor["depends_on"]["vllm"]["condition"] == "service_healthy"
     assert actor["depends_on"]["redis"]["condition"] == "service_healthy"
@@ -23,7 +26,7 @@ def test_compose_wires_vllm_redis_and_toolactor_with_health_gates() -> None:
     )
     assert settings.backend == "vllm" and settings.redis_url == "redis://redis:6379/0"
     assert actor["ports"] == [f"{ActorSettings().port}:{ActorSettings().port}"]
-    for name in ("vllm", "redis", "toolactor"):
+    for name in ("vllm", "redis", "toolactor", "toolmaker"):
         assert "healthcheck" in services[name], name
 
 
@@ -36,6 +39,7 @@ def test_k8s_manifests_use_settings_that_exist_and_real_probes() -> None:
     ]
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
     assert ("Deployment", "toolactor") in kinds and ("StatefulSet", "redis") in kinds
+    assert ("Deployment", "toolmaker") in kinds
     config = next(d for d in docs if d["kind"] == "ConfigMap")
     fields = set(ActorSettings.model_fields)
     for key in config["data"]:
