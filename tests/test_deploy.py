@@ -17,7 +17,10 @@ def test_compose_wires_vllm_redis_and_toolactor_with_health_gates() -> None:
     assert {"vllm", "redis", "toolactor", "toolmaker", "model"} <= set(services)
     maker = services["toolmaker"]
     assert maker["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert maker["environment"]["TOOLSIM_REDIS_URL"] == services["toolactor"]["environment"]["TOOLSIM_REDIS_URL"]
+    assert (
+        maker["environment"]["TOOLSIM_REDIS_URL"]
+        == services["toolactor"]["environment"]["TOOLSIM_REDIS_URL"]
+    )
     actor = services["toolactor"]
     assert actor["depends_on"]["vllm"]["condition"] == "service_healthy"
     assert actor["depends_on"]["redis"]["condition"] == "service_healthy"
