@@ -548,3 +548,32 @@ def test_duplicate_names_after_sanitizing() -> None:
     error = refuse(doc)
     assert "both become tool 'create_pet'" in error.message
     assert error.param == "paths./pets.post.operationId"
+
+
+def test_exploding_mutual_recursion_is_refused() -> None:
+    names = [f"S{i}" for i in range(6)]
+    doc = document()
+    doc["components"]["schemas"] |= {
+        name: {
+            "type": "object",
+            "properties": {n.lower(): {"$ref": f"#/components/schemas/{n}"} for n in names},
+        }
+        for name in names
+    }
+    doc["paths"] = {
+        "/s": {
+            "get": {
+                "responses": {
+                    "200": {
+                        "description": "ok",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/S0"}}
+                        },
+                    }
+                }
+            }
+        }
+    }
+    error = refuse(doc)
+    assert "more than 512 inlined $refs" in error.message
+    assert error.param == "paths./s.get.responses.200.content.application/json"

@@ -16,6 +16,7 @@ from tests.doubles import ScriptedBackend
 from tests.test_openapi_import import PETSTORE_30
 from toolsim.tools import utility_definitions
 from toolsim_toolmaker import MakerSettings, create_app
+from toolsim_toolmaker.validation import check_strict_tool
 
 
 async def maker(**settings: Any) -> tuple[httpx.AsyncClient, Any]:
@@ -35,6 +36,9 @@ async def test_openapi_document_becomes_a_toolset_the_toolactor_serves() -> None
         assert "listPets" in names
         assert toolset["stateful"]["listPets"] is False  # GET reads; writes are stateful
         assert any(toolset["stateful"].values())
+        for tool in toolset["tools"]:  # "strict" only where the strict subset holds throughout
+            if tool["function"].get("strict"):
+                check_strict_tool(tool, toolset["output_schemas"][tool["function"]["name"]], "t")
         bad = await client.post("/v1/toolsets/import", json={"openapi": "3.0.3", "paths": {}})
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_tool_definition"
         not_object = await client.post("/v1/toolsets/import", json=[1, 2])

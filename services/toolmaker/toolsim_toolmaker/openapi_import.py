@@ -40,8 +40,8 @@ STATUS_OUTPUT_SCHEMA: dict[str, Any] = {
 
 _MAX_RECURSION = 1
 """How many times a schema may be expanded inside itself before it becomes ``{}``."""
-_MAX_SCHEMA_DEPTH = 32
-"""Mutually recursive refs multiply; past this many nested refs, anything goes."""
+MAX_REF_EXPANSIONS = 512
+"""Refs inlined into one schema at most: mutually recursive schemas multiply exponentially."""
 _MAX_REF_HOPS = 32
 
 # OpenAPI additions to JSON Schema that 2020-12 validators do not need.
@@ -187,11 +187,14 @@ class _Resolver:
 
     Recursive schemas cannot be inlined whole: a ref that is already being expanded is expanded
     once more (depth 1) and, past that, replaced by ``{}`` (any value), so a tree of ``Node``s
-    becomes ``Node{children: [Node{children: [{}]}]}``.
+    becomes ``Node{children: [Node{children: [{}]}]}``. Mutually recursive schemas still grow
+    exponentially under that rule, so one schema may inline at most ``MAX_REF_EXPANSIONS`` refs;
+    past that the import is refused rather than silently truncated.
     """
 
     def __init__(self, document: dict[str, Any]) -> None:
         self._document = document
+        self._expansions = 0
 
     def lookup(self, ref: str, where: str) -> Any:
         node: Any = self._document
@@ -216,6 +219,7 @@ class _Resolver:
         raise InvalidToolDefinitionError("circular $ref chain", param=where)
 
     def schema(self, node: Any, where: str) -> Any:
+        self._expansions = 0
         return self._schema(node, where, ())
 
     def _schema(self, node: Any, where: str, stack: tuple[str, ...]) -> Any:
@@ -224,8 +228,14 @@ class _Resolver:
         ref = node.get("$ref")
         if not isinstance(ref, str):
             return self._convert(node, where, stack)
-        if stack.count(ref) > _MAX_RECURSION or len(stack) >= _MAX_SCHEMA_DEPTH:
+        if stack.count(ref) > _MAX_RECURSION:
             return {}
+        self._expansions += 1
+        if self._expansions > MAX_REF_EXPANSIONS:
+            raise InvalidToolDefinitionError(
+                f"schema expands to more than {MAX_REF_EXPANSIONS} inlined $refs: simplify it",
+                param=where,
+            )
         target = self._schema(self.lookup(ref, where), where, (*stack, ref))
         siblings = self._convert({k: v for k, v in node.items() if k != "$ref"}, where, stack)
         if not siblings:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from toolsim.errors import InvalidRequestError, ToolsetNotFoundError
+from toolsim.errors import InvalidRequestError, InvalidToolDefinitionError, ToolsetNotFoundError
 from toolsim.jsonutil import digest
 from toolsim.registry import Registry
 from toolsim.tools import utility_definitions
@@ -112,7 +112,7 @@ class ToolMakerService:
 
     async def from_openapi(self, document: dict[str, Any]) -> Record:
         imported = import_openapi(document, max_tools=128)
-        tools = [t.definition for t in imported]
+        tools = [_strict_if_it_is(t.definition, t.output_schema) for t in imported]
         outputs = {t.definition["function"]["name"]: t.output_schema for t in imported}
         stateful = {
             t.definition["function"]["name"]: t.method not in ("get", "head", "options")
@@ -153,6 +153,22 @@ class ToolMakerService:
         if utility_tools is not None:
             utility_definitions(utility_tools)  # raises naming an unknown one
         return task
+
+
+def _strict_if_it_is(definition: dict[str, Any], output_schema: dict[str, Any]) -> dict[str, Any]:
+    """Claim ``"strict": true`` only for a tool that passes the strict subset all the way down
+    (an API's nested schemas often keep optional fields and open objects)."""
+    function = {k: v for k, v in definition["function"].items() if k != "strict"}
+    plain = {"type": "function", "function": function}
+    try:
+        check_strict_tool(
+            {"type": "function", "function": {**function, "strict": True}},
+            output_schema,
+            "tools[0]",
+        )
+    except InvalidToolDefinitionError:
+        return plain
+    return {"type": "function", "function": {**function, "strict": True}}
 
 
 def _public(record: Record) -> Record:
