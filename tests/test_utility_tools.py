@@ -205,11 +205,11 @@ async def test_python_infinite_loop_times_out(sandbox: PythonSandbox) -> None:
 
 
 async def test_python_timeout_kills_children(sandbox: PythonSandbox, tmp_path: Path) -> None:
-    code = "import subprocess, time\nsubprocess.Popen(['sleep', '60'])\ntime.sleep(60)"
+    code = "import subprocess, time\nsubprocess.Popen(['sleep', '60.0173'])\ntime.sleep(60)"
     observation = await sandbox.call({"code": code, "stdin": None})
     assert observation["timed_out"] is True
     await asyncio.sleep(0.2)
-    sleepers = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == "sleep\x0060\x00"]
+    sleepers = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == "sleep\x0060.0173\x00"]
     assert sleepers == []
 
 

@@ -91,7 +91,7 @@ class PythonSandbox(LiveTool):
         output_bytes: int = 64 * 1024,
         file_bytes: int = 16 * MiB,
         max_processes: int = 64,
-        python: str = sys.executable,
+        python: str | None = None,
         workdir_root: Path | None = None,
     ) -> None:
         bwrap = shutil.which("bwrap")
@@ -103,7 +103,9 @@ class PythonSandbox(LiveTool):
         self.output_bytes = output_bytes
         self.workdir_root = workdir_root
         self._bwrap = bwrap
-        self._python = python
+        # The real interpreter, not a venv's symlink: a venv may sit under /tmp, which the
+        # sandbox replaces with a private tmpfs (user code runs with -I: no site-packages).
+        self._python = os.path.realpath(python or sys.executable)
         self._file_bytes = file_bytes
         self._bootstrap = _BOOTSTRAP.format(
             memory=memory_bytes,
@@ -144,8 +146,10 @@ class PythonSandbox(LiveTool):
         for hidden in HIDDEN_DIRS:
             if Path(hidden).is_dir():
                 args += ["--remount-ro", hidden]
+        args += ["--size", str(self._file_bytes), "--tmpfs", "/tmp"]
+        for prefix in self._interpreter_dirs(under=("/tmp",)):
+            args += ["--ro-bind", prefix, prefix]
         args += [
-            "--size", str(self._file_bytes), "--tmpfs", "/tmp",
             "--bind", str(workdir), str(workdir),
             "--dev", "/dev",
             "--proc", "/proc",
@@ -204,11 +208,11 @@ class PythonSandbox(LiveTool):
             "truncated": cut_out or cut_err,
         }
 
-    def _interpreter_dirs(self) -> list[str]:
-        """Prefixes the interpreter needs that live under a hidden directory (pyenv, a venv)."""
-        dirs = {sys.prefix, sys.base_prefix, str(Path(self._python).resolve().parent.parent)}
-        hidden = [Path(h) for h in HIDDEN_DIRS]
-        return sorted(d for d in dirs if any(Path(d).is_relative_to(h) for h in hidden))
+    def _interpreter_dirs(self, under: tuple[str, ...] = HIDDEN_DIRS) -> list[str]:
+        """Prefixes the interpreter needs that live under a masked directory (pyenv in /root)."""
+        dirs = {sys.base_prefix, str(Path(self._python).parent.parent)}
+        masked = [Path(h) for h in under]
+        return sorted(d for d in dirs if any(Path(d).is_relative_to(h) for h in masked))
 
     def _check_sandbox(self) -> None:
         """One empty run at start-up, so a host without user namespaces fails loudly now."""
