@@ -209,7 +209,9 @@ async def test_python_timeout_kills_children(sandbox: PythonSandbox, tmp_path: P
     observation = await sandbox.call({"code": code, "stdin": None})
     assert observation["timed_out"] is True
     await asyncio.sleep(0.2)
-    sleepers = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == "sleep\x0060.0173\x00"]
+    sleepers = [
+        p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == "sleep\x0060.0173\x00"
+    ]
     assert sleepers == []
 
 
