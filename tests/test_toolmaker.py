@@ -16,7 +16,7 @@ from toolsim.registry import MemoryRegistry
 from toolsim_toolactor import ActorSettings
 from toolsim_toolactor import create_app as create_actor
 from toolsim_toolmaker import MakerSettings, create_app
-from toolsim_toolmaker.taxonomy import TASK_CLASSES
+from toolsim_toolmaker.taxonomy import CLASS_WORDS, TASK_CLASSES
 from toolsim_toolmaker.validation import check_strict_tool
 
 TASK = "Which country was the director of the film Inception born in?"
@@ -66,7 +66,7 @@ async def test_task_becomes_a_strict_validated_toolset(pair: Pair) -> None:
     # the first generation request was constrained to the spec schema, classification to choices
     kinds = [("choices" if c.choices else "schema") for c in pair.backend.calls]
     assert kinds == ["choices", "schema"]
-    assert pair.backend.calls[0].choices == list(TASK_CLASSES)
+    assert pair.backend.calls[0].choices == list(CLASS_WORDS)
 
 
 async def test_utility_tools_are_merged_by_class_or_by_name(pair: Pair) -> None:
@@ -98,7 +98,7 @@ async def test_invalid_generations_are_retried_then_fail_clearly(pair: Pair) -> 
     assert r.status_code == 502 and r.json()["error"]["code"] == "generation_failed"
     pair.backend.bad_outputs = ['{"tools": 3}', "<length>"]
     # classification by choice, then two invalid specs, then a valid one
-    pair.backend.bad_outputs.insert(0, "numeric")
+    pair.backend.bad_outputs.insert(0, "math")
     r = await pair.maker.post("/v1/toolsets", json={"task": TASK, "seed": 10})
     assert r.status_code == 201, r.text
     metrics = (await pair.maker.get("/metrics")).text

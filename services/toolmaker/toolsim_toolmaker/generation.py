@@ -19,10 +19,10 @@ from toolsim.errors import GenerationFailedError, InvalidToolDefinitionError
 from toolsim.llm.base import GenerationRequest, LLMBackend
 from toolsim.toolsets import build_toolset
 from toolsim_toolmaker.metrics import MakerMetrics
-from toolsim_toolmaker.taxonomy import DESCRIPTIONS, TASK_CLASSES
+from toolsim_toolmaker.taxonomy import CLASS_WORDS
 from toolsim_toolmaker.validation import check_strict_tool
 
-PROMPT_VERSION = "1"
+PROMPT_VERSION = "3"
 SEED_STRIDE = 1_000_003
 PRIMITIVES = ["string", "number", "integer", "boolean"]
 MAX_STRING_CHARS = 400
@@ -135,16 +135,16 @@ class ToolGenerator:
     async def classify(self, task: str, seed: int) -> str:
         request = GenerationRequest(
             messages=classification_messages(task),
-            choices=list(TASK_CLASSES),
+            choices=list(CLASS_WORDS),
             seed=seed,
             temperature=0.0,
             max_tokens=16,
         )
         generation = await self._backend.generate(request)
-        label = generation.text.strip()
-        if label not in TASK_CLASSES:  # the constraint makes this a backend fault
-            raise GenerationFailedError(f"classification returned {label!r}, not a task class")
-        return label
+        word = generation.text.strip()
+        if word not in CLASS_WORDS:  # the constraint makes this a backend fault
+            raise GenerationFailedError(f"classification returned {word!r}, not a task kind")
+        return CLASS_WORDS[word][0]
 
     async def generate(
         self, task: str, task_class: str, max_tools: int, reserved: set[str], seed: int
@@ -204,12 +204,11 @@ def _accept(
 
 
 def classification_messages(task: str) -> list[dict[str, str]]:
-    classes = "\n".join(f"- {name}: {DESCRIPTIONS[name]}" for name in TASK_CLASSES)
+    kinds = ", ".join(f"{word} ({CLASS_WORDS[word][1]})" for word in CLASS_WORDS)
     return [
         {
             "role": "system",
-            "content": "Classify the task into exactly one class. Answer with the class name "
-            f"only.\nClasses:\n{classes}",
+            "content": f"What kind of task is this? Answer with one word: {kinds}.",
         },
         {"role": "user", "content": task},
     ]
