@@ -62,6 +62,7 @@ def _serve_toolactor(args: argparse.Namespace) -> int:
         loop="uvloop",
         http="httptools",
         access_log=False,
+        proxy_headers=False,  # nothing here reads client addresses; the middleware costs ~2%
         log_level=settings.log_level,
     )
     return 0
@@ -81,6 +82,7 @@ def _serve_toolmaker(args: argparse.Namespace) -> int:
         loop="uvloop",
         http="httptools",
         access_log=False,
+        proxy_headers=False,  # nothing here reads client addresses; the middleware costs ~2%
         log_level=settings.log_level,
     )
     return 0

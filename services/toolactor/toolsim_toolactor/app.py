@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -44,6 +45,11 @@ def create_app(
         obs_cache = cache or _cache(settings, redis_client, metrics)
         reg = registry or _registry(settings, redis_client)
         await llm.start()
+        # Everything built so far (the model, torch, transformers) lives as long as the
+        # process: move it out of the cyclic GC's reach, so collections on the hot path only
+        # walk request garbage.
+        gc.collect()
+        gc.freeze()
         simulator = Simulator(
             llm,
             metrics,
