@@ -25,6 +25,7 @@ from toolsim.errors import (
 )
 from toolsim.jsonutil import digest, dumps
 from toolsim.registry import Registry
+from toolsim.singleflight import SingleFlight
 from toolsim.toolsets import Tool, Toolset, build_toolset, toolset_from_record
 from toolsim_toolactor.cache import ObservationCache
 from toolsim_toolactor.live import LiveExecutor
@@ -79,7 +80,7 @@ class ToolActorService:
         self._history_events = history_events
         self._toolsets: OrderedDict[str, Toolset] = OrderedDict()
         self._inline_ids: OrderedDict[bytes, str] = OrderedDict()
-        self._inflight: dict[str, asyncio.Task[bytes]] = {}
+        self._flights: SingleFlight[bytes] = SingleFlight()
         self._valid_arguments: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
 
     # -- toolsets ---------------------------------------------------------------------------
@@ -297,15 +298,12 @@ class ToolActorService:
         context: EpisodeContext | None,
         seed: int,
     ) -> bytes:
-        task = self._inflight.get(key)
-        if task is not None:
+        content, joined = await self._flights.run(
+            key, lambda: self._generate(key, tool, arguments, context, seed)
+        )
+        if joined:
             self._metrics.coalesced.inc()
-        else:
-            task = asyncio.ensure_future(self._generate(key, tool, arguments, context, seed))
-            self._inflight[key] = task
-            task.add_done_callback(lambda t: self._finished(key, t))
-        # shield: a caller that goes away must not cancel a generation others wait for
-        return await asyncio.shield(task)
+        return content
 
     async def _call_live(self, tool: Tool, arguments: dict[str, Any]) -> bytes:
         content = await self._live.call(tool, arguments)
@@ -316,11 +314,6 @@ class ToolActorService:
         elif tool.mode == "record":
             await self._cache.set(_recorded_key(tool, arguments), content)
         return content
-
-    def _finished(self, key: str, task: asyncio.Task[bytes]) -> None:
-        self._inflight.pop(key, None)
-        if not task.cancelled():
-            task.exception()  # mark retrieved: every waiter may have gone away
 
     async def _generate(
         self,

@@ -8,12 +8,12 @@ so asking twice costs one generation, across processes when the registry is Redi
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from toolsim.errors import InvalidRequestError, InvalidToolDefinitionError, ToolsetNotFoundError
 from toolsim.jsonutil import digest
 from toolsim.registry import Registry
+from toolsim.singleflight import SingleFlight
 from toolsim.tools import utility_definitions
 from toolsim.toolsets import build_toolset
 from toolsim_toolmaker.config import MakerSettings
@@ -42,7 +42,7 @@ class ToolMakerService:
         self._metrics = metrics
         self._settings = settings
         self._model_name = model_name
-        self._inflight: dict[str, asyncio.Task[Record]] = {}
+        self._flights: SingleFlight[Record] = SingleFlight()
 
     async def create(self, request: ToolsetRequest) -> Record:
         if request.task is not None:
@@ -69,16 +69,12 @@ class ToolMakerService:
         if cached is not None and (record := await self._registry.get_toolset(cached)):
             self._metrics.generation_cache_hits.inc()
             return record
-        task_future = self._inflight.get(key)
-        if task_future is None:
-            task_future = asyncio.ensure_future(
-                self._generate(key, task, max_tools, utility_tools, seed)
-            )
-            self._inflight[key] = task_future
-            task_future.add_done_callback(lambda _: self._inflight.pop(key, None))
-        else:
+        record, joined = await self._flights.run(
+            key, lambda: self._generate(key, task, max_tools, utility_tools, seed)
+        )
+        if joined:
             self._metrics.generation_cache_hits.inc()
-        return await asyncio.shield(task_future)
+        return record
 
     async def _generate(
         self, key: str, task: str, max_tools: int, utility_tools: list[str] | None, seed: int
