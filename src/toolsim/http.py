@@ -8,9 +8,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.telemetry import TelemetryConfig
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -156,3 +157,18 @@ class MetricsMiddleware:
         finally:
             label = getattr(scope.get("route"), "path", "unmatched")
             self.observe(label, status, time.perf_counter() - started)
+
+
+def liveness_and_metrics(registry_of: Callable[[Request], CollectorRegistry]) -> APIRouter:
+    """``GET /health`` and ``GET /metrics`` (Prometheus text), the same in every service."""
+    router = APIRouter(tags=["system"])
+
+    @router.get("/health")
+    async def health() -> Response:
+        return JSONBytesResponse({"status": "ok"})
+
+    @router.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry_of(request)), media_type=CONTENT_TYPE_LATEST)
+
+    return router

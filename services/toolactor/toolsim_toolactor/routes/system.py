@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from toolsim.http import JSONBytesResponse
+from toolsim.http import JSONBytesResponse, liveness_and_metrics
 from toolsim_toolactor.state import actor_state
 
 router = APIRouter(tags=["system"])
-
-
-@router.get("/health")
-async def health() -> Response:
-    return JSONBytesResponse({"status": "ok"})
+router.include_router(liveness_and_metrics(lambda request: actor_state(request).metrics.registry))
 
 
 @router.get("/ready")
@@ -33,12 +28,6 @@ async def ready(request: Request) -> Response:
         "registry": "ok" if registry_ok else "degraded",
     }
     return JSONBytesResponse(body, status_code=200 if backend_ok else 503)
-
-
-@router.get("/metrics")
-async def metrics(request: Request) -> Response:
-    registry = actor_state(request).metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/models")
