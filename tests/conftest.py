@@ -35,6 +35,18 @@ WEATHER_TOOL: dict[str, Any] = {
         },
     },
 }
+SEARCH_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "search",
+        "description": "Search Wikipedia.",
+        "parameters": {
+            "type": "object",
+            "properties": {"query": {"type": "string"}},
+            "required": ["query"],
+        },
+    },
+}
 WEATHER_OUTPUT: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -181,3 +193,13 @@ class ThreadedServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+def packaged_model_dir() -> Path:
+    """The converted model folder, or a failure that says how to get it (never a skip)."""
+    from toolsim.config import CommonSettings
+
+    path = CommonSettings().resolved_model_dir  # TOOLSIM_MODEL_DIR / TOOLSIM_CACHE_DIR
+    if not (path / "config.json").is_file():
+        pytest.fail(f"no model at {path}: run `toolsim model fetch` first (make test does)")
+    return path

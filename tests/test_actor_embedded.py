@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import orjson
@@ -12,8 +10,7 @@ import pytest
 import pytest_asyncio
 from jsonschema import Draft202012Validator
 
-from tests.conftest import WEATHER_TOOL, tool_call
-from toolsim.config import CommonSettings
+from tests.conftest import WEATHER_TOOL, packaged_model_dir, tool_call
 from toolsim.llm.embedded import EmbeddedBackend
 from toolsim_toolactor import ActorSettings, create_app
 
@@ -31,13 +28,6 @@ OUTPUT = {
 }
 
 
-def model_dir() -> Path:
-    path = Path(os.environ.get("TOOLSIM_MODEL_DIR", CommonSettings().resolved_model_dir))
-    if not (path / "config.json").is_file():
-        pytest.fail(f"no model at {path}: run `toolsim model fetch` first (make test does)")
-    return path
-
-
 class Actor:
     def __init__(self, client: httpx.AsyncClient, backend: EmbeddedBackend) -> None:
         self.http, self.backend = client, backend
@@ -45,7 +35,7 @@ class Actor:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def actor() -> AsyncIterator[Actor]:
-    backend = EmbeddedBackend(model_dir())
+    backend = EmbeddedBackend(packaged_model_dir())
     app = create_app(ActorSettings(max_tokens=96), backend=backend)
     async with app.router.lifespan_context(app):
         client = httpx.AsyncClient(

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 from jsonschema import Draft202012Validator
 
-from toolsim.config import CommonSettings
+from tests.conftest import packaged_model_dir
 from toolsim.errors import InvalidRequestError
 from toolsim.llm.base import GenerationRequest
 from toolsim.llm.embedded import EmbeddedBackend
@@ -32,13 +31,6 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-def model_dir() -> Path:
-    path = CommonSettings().resolved_model_dir  # TOOLSIM_MODEL_DIR / TOOLSIM_CACHE_DIR
-    if not (path / "config.json").is_file():
-        pytest.fail(f"no model at {path}: run `toolsim model fetch` first")
-    return path
-
-
 def weather(city: str, **kwargs: Any) -> GenerationRequest:
     messages = [
         {"role": "system", "content": "You simulate tools. Reply with the tool's JSON result."},
@@ -51,7 +43,7 @@ def weather(city: str, **kwargs: Any) -> GenerationRequest:
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def backend() -> AsyncIterator[EmbeddedBackend]:
-    b = EmbeddedBackend(model_dir(), max_batch_size=16, batch_wait_ms=20.0)
+    b = EmbeddedBackend(packaged_model_dir(), max_batch_size=16, batch_wait_ms=20.0)
     await b.start()
     assert await b.ready()
     yield b

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import httpx
 import httpx2
@@ -16,23 +15,10 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import WEATHER_OUTPUT, WEATHER_TOOL, ThreadedServer
+from tests.conftest import SEARCH_TOOL, WEATHER_OUTPUT, WEATHER_TOOL, ThreadedServer
 from tests.doubles import ScriptedBackend
 from toolsim.toolsets import DEFAULT_OUTPUT_SCHEMA
 from toolsim_toolactor import ActorSettings, create_app
-
-SEARCH_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "search",
-        "description": "Search Wikipedia.",
-        "parameters": {
-            "type": "object",
-            "properties": {"query": {"type": "string"}},
-            "required": ["query"],
-        },
-    },
-}
 
 
 class Actor:

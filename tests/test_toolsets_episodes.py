@@ -7,21 +7,8 @@ from typing import Any
 import orjson
 from openapi_spec_validator import validate
 
-from tests.conftest import WEATHER_OUTPUT, WEATHER_TOOL, AppClient, tool_call
+from tests.conftest import SEARCH_TOOL, WEATHER_OUTPUT, WEATHER_TOOL, AppClient, tool_call
 from tests.doubles import ScriptedBackend
-
-SEARCH_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "search",
-        "description": "Search Wikipedia.",
-        "parameters": {
-            "type": "object",
-            "properties": {"query": {"type": "string"}},
-            "required": ["query"],
-        },
-    },
-}
 
 
 async def register(actor: AppClient, **extra: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from toolsim import __version__
 from toolsim.http import NO_OTEL, MetricsMiddleware, install_error_handlers
 from toolsim.llm.base import LLMBackend
 from toolsim.llm.factory import build_backend
-from toolsim.registry import MemoryRegistry, RedisRegistry, Registry
+from toolsim.registry import MemoryRegistry, RedisRegistry, Registry, redis_client
 from toolsim_toolactor.cache import MemoryCache, ObservationCache, RedisCache
 from toolsim_toolactor.config import ActorSettings
 from toolsim_toolactor.live import LiveExecutor
@@ -99,15 +99,7 @@ def create_app(
 
 
 def _redis(settings: ActorSettings) -> aioredis.Redis | None:
-    if settings.redis_url is None:
-        return None
-    return aioredis.Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=0.5,
-        socket_timeout=1.0,
-        health_check_interval=10,
-        retry_on_timeout=False,
-    )
+    return redis_client(settings.redis_url) if settings.redis_url is not None else None
 
 
 def _cache(

@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from toolsim import __version__
 from toolsim.http import NO_OTEL, MetricsMiddleware, install_error_handlers
 from toolsim.llm.base import LLMBackend
 from toolsim.llm.factory import build_backend
-from toolsim.registry import MemoryRegistry, RedisRegistry, Registry
+from toolsim.registry import MemoryRegistry, RedisRegistry, Registry, redis_client
 from toolsim_toolmaker.config import MakerSettings
 from toolsim_toolmaker.generation import ToolGenerator
 from toolsim_toolmaker.metrics import MakerMetrics
@@ -35,9 +34,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = None
         if registry is None and settings.redis_url is not None:
-            client = aioredis.Redis.from_url(
-                settings.redis_url, socket_connect_timeout=0.5, socket_timeout=2.0
-            )
+            client = redis_client(settings.redis_url, socket_timeout_s=2.0)
         reg = registry or (
             RedisRegistry(client, prefix=settings.redis_prefix) if client else MemoryRegistry()
         )

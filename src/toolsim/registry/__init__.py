@@ -2,6 +2,6 @@
 
 from toolsim.registry.base import Registry
 from toolsim.registry.memory import MemoryRegistry
-from toolsim.registry.redis import RedisRegistry
+from toolsim.registry.redis import RedisRegistry, redis_client
 
-__all__ = ["MemoryRegistry", "RedisRegistry", "Registry"]
+__all__ = ["MemoryRegistry", "RedisRegistry", "Registry", "redis_client"]

@@ -101,3 +101,14 @@ class RedisRegistry(Registry):
             return await op()
         except (RedisError, OSError) as exc:
             raise StoreUnavailableError(f"the registry's Redis is unreachable: {exc}") from exc
+
+
+def redis_client(url: str, *, socket_timeout_s: float = 1.0) -> aioredis.Redis:
+    """The services' Redis client: short timeouts, so a dead Redis fails fast, not slowly."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_connect_timeout=0.5,
+        socket_timeout=socket_timeout_s,
+        health_check_interval=10,
+        retry_on_timeout=False,
+    )
