@@ -15,7 +15,7 @@ STAMP := $(VENV)/.toolsim-installed
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[embedded,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[embedded,train,dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -33,11 +33,11 @@ vllm:
 	@bash scripts/install-vllm.sh
 
 lint: install
-	$(BIN)/ruff check src services tests bench
-	$(BIN)/ruff format --check src services tests bench
+	$(BIN)/ruff check src services trainer tests bench
+	$(BIN)/ruff format --check src services trainer tests bench
 
 typecheck: install
-	$(BIN)/mypy -p toolsim -p toolsim_toolactor -p toolsim_toolmaker
+	$(BIN)/mypy -p toolsim -p toolsim_toolactor -p toolsim_toolmaker -p toolsim_trainer
 
 check: lint typecheck
 
