@@ -42,7 +42,7 @@ typecheck: install
 check: lint typecheck
 
 test: system-deps install model vllm check
-	$(BIN)/pytest
+	$(BIN)/pytest -m 'not gpu'
 
 bench: model system-deps
 	$(BIN)/python bench/cache_hit.py
