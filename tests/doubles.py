@@ -16,6 +16,8 @@ from toolsim.llm.base import Generation, GenerationRequest, LLMBackend
 
 
 def instance(schema: dict[str, Any], seed: int) -> Any:
+    if "const" in schema:  # what a constrained decoder is forced to write
+        return schema["const"]
     kind = schema.get("type", "object")
     if isinstance(kind, list):
         kind = next(k for k in kind if k != "null")
@@ -25,6 +27,8 @@ def instance(schema: dict[str, Any], seed: int) -> Any:
         props = schema.get("properties", {})
         return {name: instance(sub, seed) for name, sub in props.items()}
     if kind == "array":
+        if "prefixItems" in schema:
+            return [instance(item, seed) for item in schema["prefixItems"]]
         return [instance(schema.get("items", {"type": "string"}), seed)]
     if kind == "integer":
         return seed % 1000

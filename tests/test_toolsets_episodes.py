@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from tests.conftest import SEARCH_TOOL, WEATHER_OUTPUT, WEATHER_TOOL, AppClient, tool_call
 from tests.doubles import ScriptedBackend
+from toolsim.toolsets import DEFAULT_OUTPUT_SCHEMA
 
 
 async def register(actor: AppClient, **extra: Any) -> dict[str, Any]:
@@ -123,28 +125,44 @@ async def test_episode_history_reaches_the_prompt(
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "episode_not_found"
 
 
-async def test_grounding_reaches_the_prompt_and_the_key(
+ADA = {
+    "question": "Where was Ada Lovelace born?",
+    "answer": "London",
+    "passages": [{"title": "Ada Lovelace", "text": "Ada Lovelace was born in London."}],
+}
+SEARCH_WITH_COUNT = {  # the excerpt fills `result`; `hits` is left for the model to write
+    "type": "object",
+    "properties": {"result": {"type": "string", "maxLength": 600}, "hits": {"type": "integer"}},
+    "required": ["result", "hits"],
+    "additionalProperties": False,
+}
+
+
+async def grounded_and_plain(actor: AppClient, ts: dict[str, Any]) -> tuple[str, str]:
+    episodes = []
+    for extra in ({"grounding": ADA}, {}):
+        r = await actor.http.post("/v1/episodes", json={"toolset_id": ts["id"], "seed": 1, **extra})
+        assert r.status_code == 201, r.text
+        episodes.append(r.json()["episode_id"])
+    return episodes[0], episodes[1]
+
+
+async def test_grounding_reaches_the_prompt_the_key_and_the_observation(
     actor: AppClient, backend: ScriptedBackend
 ) -> None:
-    ts = await register(actor)
-    grounding = {
-        "question": "Where was Ada Lovelace born?",
-        "answer": "London",
-        "passages": [{"title": "Ada Lovelace", "text": "Ada Lovelace was born in London."}],
-    }
-    grounded = (
-        await actor.http.post(
-            "/v1/episodes", json={"toolset_id": ts["id"], "seed": 1, "grounding": grounding}
-        )
-    ).json()["episode_id"]
-    plain = (
-        await actor.http.post("/v1/episodes", json={"toolset_id": ts["id"], "seed": 1})
-    ).json()["episode_id"]
+    ts = await register(
+        actor, output_schemas={"get_weather": WEATHER_OUTPUT, "search": SEARCH_WITH_COUNT}
+    )
+    grounded, plain = await grounded_and_plain(actor, ts)
     call = tool_call("search", '{"query": "Ada Lovelace birthplace"}')
-    await actor.http.post(
+    r = await actor.http.post(
         "/v1/tool_calls",
         json={"toolset_id": ts["id"], "episode_id": grounded, "tool_calls": [call]},
     )
+    assert orjson.loads(r.json()["messages"][0]["content"]) == {
+        "result": "Ada Lovelace: Ada Lovelace was born in London.",
+        "hits": 1,  # the scripted backend's free integer for seed 1
+    }
     prompt = backend.calls[-1].messages[0]["content"]
     assert "Answer: London" in prompt and "Ada Lovelace was born in London." in prompt
     r = await actor.http.post(
@@ -152,6 +170,36 @@ async def test_grounding_reaches_the_prompt_and_the_key(
     )
     assert r.json()["observations"][0]["source"] == "simulated"  # other facts, other key
     assert "Known facts" not in backend.calls[-1].messages[0]["content"]
+    assert len(backend.calls) == 2
+
+
+async def test_an_evidence_call_its_schema_fixes_whole_never_reaches_the_backend(
+    actor: AppClient, backend: ScriptedBackend
+) -> None:
+    ts = await register(actor)  # search returns {"result": string}: the excerpt is all of it
+    grounded, _ = await grounded_and_plain(actor, ts)
+    body = {
+        "toolset_id": ts["id"],
+        "episode_id": grounded,
+        "tool_calls": [tool_call("search", '{"query": "Ada Lovelace birthplace"}')],
+    }
+    first = await actor.http.post("/v1/tool_calls", json=body)
+    again = await actor.http.post("/v1/tool_calls", json=body)
+    assert backend.calls == []
+    # compact JSON, as every generation is written; what a constrained decoder must emit
+    expected = b'{"result":"Ada Lovelace: Ada Lovelace was born in London."}'
+    Draft202012Validator(DEFAULT_OUTPUT_SCHEMA).validate(orjson.loads(expected))
+    for r in (first, again):
+        assert r.status_code == 200, r.text
+        assert r.json()["messages"][0]["content"].encode() == expected
+        assert "flags" not in r.json()["observations"][0]
+    assert [r.json()["observations"][0]["source"] for r in (first, again)] == [
+        "simulated",
+        "cache",
+    ]
+    metrics = (await actor.http.get("/metrics")).text
+    assert "toolsim_fixed_observations_total 1.0" in metrics
+    assert "toolsim_generation_latency_seconds_count 0.0" in metrics
 
 
 async def test_stateful_tools_depend_on_history(actor: AppClient, backend: ScriptedBackend) -> None:

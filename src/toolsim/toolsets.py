@@ -53,6 +53,9 @@ class Tool:
     """One of ``TOOL_MODES``."""
     endpoint: str | None
     """Real HTTP endpoint for ``live``/``record`` (None: a built-in utility tool)."""
+    retrieval: bool | None
+    """Whether the tool returns evidence (a search): in a grounded episode its observations
+    must carry the facts. None: the ToolActor decides from the name and parameters."""
     digest: str
     """Digest of definition + output schema + statefulness: part of every cache key."""
     validator: Draft202012Validator = field(repr=False, compare=False)
@@ -103,6 +106,8 @@ class Tool:
 class Toolset:
     id: str
     tools: dict[str, Tool]
+    faults: dict[str, Any] | None = None
+    """The toolset's fault-injection policy, as given (the ToolActor validates it)."""
 
     def definitions(self) -> list[dict[str, Any]]:
         return [tool.definition for tool in self.tools.values()]
@@ -120,6 +125,10 @@ class Toolset:
     def live_endpoints(self) -> dict[str, str]:
         return {n: t.endpoint for n, t in self.tools.items() if t.endpoint is not None}
 
+    def retrieval(self) -> dict[str, bool]:
+        """Tools the toolset marks as retrieval-like (True) or not (False)."""
+        return {n: t.retrieval for n, t in self.tools.items() if t.retrieval is not None}
+
     def to_record(self) -> dict[str, Any]:
         """The JSON form stored in the registry (enough to rebuild the toolset)."""
         return {
@@ -129,6 +138,8 @@ class Toolset:
             "stateful": self.stateful(),
             **({"modes": self.modes()} if self.modes() else {}),
             **({"live_endpoints": self.live_endpoints()} if self.live_endpoints() else {}),
+            **({"retrieval": self.retrieval()} if self.retrieval() else {}),
+            **({"faults": self.faults} if self.faults is not None else {}),
         }
 
 
@@ -137,6 +148,7 @@ def toolset_id(
     output_schemas: Mapping[str, Any],
     stateful: Mapping[str, bool],
     execution: Mapping[str, Any] | None = None,
+    extras: Mapping[str, Any] | None = None,
 ) -> str:
     content: dict[str, Any] = {
         "tools": tools,
@@ -145,6 +157,9 @@ def toolset_id(
     }
     if execution:  # only when some tool is not simulated: plain toolsets keep their ids
         content["execution"] = execution
+    for key, value in (extras or {}).items():  # likewise: only what is set counts
+        if value:
+            content[key] = value
     return "ts_" + digest(content)[:24]
 
 
@@ -154,18 +169,26 @@ def build_toolset(
     stateful: Mapping[str, bool] | None = None,
     modes: Mapping[str, str] | None = None,
     live_endpoints: Mapping[str, str] | None = None,
+    retrieval: Mapping[str, bool] | None = None,
+    faults: Mapping[str, Any] | None = None,
 ) -> Toolset:
-    """Validate raw definitions into a ``Toolset``; raises ``InvalidToolDefinitionError``."""
+    """Validate raw definitions into a ``Toolset``; raises ``InvalidToolDefinitionError``.
+
+    ``retrieval`` marks tools whose grounded observations must carry evidence; ``faults`` is
+    a fault-injection policy kept as given (its meaning is the ToolActor's)."""
     output_schemas = dict(output_schemas or {})
     stateful = dict(stateful or {})
+    retrieval = dict(retrieval or {})
     execution = {"modes": dict(modes or {}), "live_endpoints": dict(live_endpoints or {})}
+    if faults is not None and not isinstance(faults, Mapping):
+        raise InvalidToolDefinitionError("faults must be a JSON object", param="faults")
     if not tools:
         raise InvalidToolDefinitionError("a toolset needs at least one tool", param="tools")
     if len(tools) > MAX_TOOLS:
         raise InvalidToolDefinitionError(f"at most {MAX_TOOLS} tools", param="tools")
     built: dict[str, Tool] = {}
     for i, definition in enumerate(tools):
-        tool = _build_tool(i, definition, output_schemas, stateful, execution)
+        tool = _build_tool(i, definition, output_schemas, stateful, execution, retrieval)
         if tool.name in built:
             raise InvalidToolDefinitionError(
                 f"duplicate tool name {tool.name!r}", param=f"tools[{i}].function.name"
@@ -174,6 +197,7 @@ def build_toolset(
     mappings = (
         (output_schemas, "output_schemas"),
         (stateful, "stateful"),
+        (retrieval, "retrieval"),
         (execution["modes"], "modes"),
         (execution["live_endpoints"], "live_endpoints"),
     )
@@ -191,13 +215,16 @@ def build_toolset(
         "modes": {n: t.mode for n, t in built.items() if t.mode != "simulated"},
         "live_endpoints": {n: t.endpoint for n, t in built.items() if t.endpoint is not None},
     }
+    marks = {n: t.retrieval for n, t in built.items() if t.retrieval is not None}
+    policy = dict(faults) if faults is not None else None
     tid = toolset_id(
         [t.definition for t in built.values()],
         record_schemas,
         record_stateful,
         used if any(used.values()) else None,
+        {"retrieval": marks, "faults": policy},
     )
-    return Toolset(id=tid, tools=built)
+    return Toolset(id=tid, tools=built, faults=policy)
 
 
 def toolset_from_record(record: Mapping[str, Any]) -> Toolset:
@@ -207,6 +234,8 @@ def toolset_from_record(record: Mapping[str, Any]) -> Toolset:
         record.get("stateful"),
         record.get("modes"),
         record.get("live_endpoints"),
+        record.get("retrieval"),
+        record.get("faults"),
     )
 
 
@@ -216,6 +245,7 @@ def _build_tool(
     output_schemas: Mapping[str, Any],
     stateful: Mapping[str, bool],
     execution: Mapping[str, Mapping[str, str]],
+    retrieval: Mapping[str, bool],
 ) -> Tool:
     where = f"tools[{i}]"
     if not isinstance(definition, dict) or definition.get("type") != "function":
@@ -244,6 +274,9 @@ def _build_tool(
     if not isinstance(is_stateful, bool):
         raise InvalidToolDefinitionError("stateful flags are booleans", param=f"stateful.{name}")
     mode, endpoint = _execution(name, execution)
+    marked = retrieval.get(name)
+    if marked is not None and not isinstance(marked, bool):
+        raise InvalidToolDefinitionError("retrieval flags are booleans", param=f"retrieval.{name}")
     clean = {"type": "function", "function": {**function, "parameters": parameters}}
     return Tool(
         name=name,
@@ -252,6 +285,7 @@ def _build_tool(
         stateful=is_stateful,
         mode=mode,
         endpoint=endpoint,
+        retrieval=marked,
         digest=digest({"d": clean, "o": output_schema, "s": is_stateful}),
         validator=Draft202012Validator(parameters),
         output_validator=Draft202012Validator(output_schema),

@@ -33,7 +33,8 @@ from toolsim import __version__
 from toolsim.errors import InvalidRequestError, ToolsimError
 from toolsim.http import error_response
 from toolsim.toolsets import Tool, Toolset
-from toolsim_toolactor.serving import ToolActorService
+from toolsim_toolactor.faults import InjectedFault
+from toolsim_toolactor.serving import Observation, ToolActorService
 
 PATH = "/v1/toolsets/{toolset_id}/mcp"
 EPISODE_HEADER = "x-episode-id"
@@ -144,7 +145,7 @@ def _server(service: ToolActorService) -> Server[Any]:
             )
         except ToolsimError as exc:
             return tool_error(exc)
-        return tool_result(observation.content)
+        return tool_result(observation.content, _meta(observation))
 
     return Server(
         "toolsim-toolactor",
@@ -171,21 +172,50 @@ def mcp_tool(tool: Tool) -> types.Tool:
     )
 
 
-def tool_result(content: bytes) -> types.CallToolResult:
-    """The observation as structured content, and as the same JSON text for older clients."""
-    value = orjson.loads(content)
+def tool_result(content: bytes, meta: dict[str, Any] | None = None) -> types.CallToolResult:
+    """The observation as structured content, and as the same JSON text for older clients.
+
+    A body that is not JSON (an injected malformed or truncated one) is an error result with
+    the body as its text: MCP has no successful result without structured content for a tool
+    with an output schema, and an MCP server in front of a broken API would answer so."""
+    try:
+        value = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=content.decode())],
+            is_error=True,
+            _meta=meta,
+        )
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=content.decode())],
         structured_content=value if isinstance(value, dict) else None,
+        _meta=meta,
     )
+
+
+def _meta(observation: Observation) -> dict[str, Any] | None:
+    """The simulator's flags and the injected fault, as ``observations[]`` carries them."""
+    info: dict[str, Any] = {"source": observation.source}
+    if not observation.verdict.passed:
+        info["flags"] = list(observation.verdict.flags)
+        info |= {flag: {"reason": r} for flag, r in observation.verdict.failures.items()}
+    if observation.fault is not None:
+        info["fault"] = observation.fault
+    return {"toolsim": info} if len(info) > 1 else None
 
 
 def tool_error(exc: ToolsimError) -> types.CallToolResult:
     """A failure the model should read (as it would a real tool's error), not a crash."""
     where = f" (param: {exc.param})" if exc.param else ""
+    meta = None
+    if isinstance(exc, InjectedFault):  # what HTTP says in its status line and headers
+        meta = {"toolsim": {"fault": exc.kind, "status": exc.status_code}}
+        if exc.retry_after_s is not None:
+            meta["toolsim"]["retry_after_s"] = exc.retry_after_s
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=f"{exc.code}: {exc.message}{where}")],
         is_error=True,
+        _meta=meta,
     )
 
 

@@ -58,6 +58,35 @@ class ActorMetrics:
             "Live observations that broke the tool's output schema (returned, not recorded)",
             registry=r,
         )
+        self.prompt_tokens = Counter(
+            "toolsim_prompt_tokens", "Prompt tokens sent to the backend", registry=r
+        )
+        self.completion_tokens = Counter(
+            "toolsim_completion_tokens", "Tokens the backend generated", registry=r
+        )
+        self.check_failures = Counter(
+            "toolsim_check_failures",
+            "Schema-valid generations that failed a post-generation check",
+            ["flag", "reason"],
+            registry=r,
+        )
+        self.flagged_observations = Counter(
+            "toolsim_flagged_observations",
+            "Observations returned flagged after every attempt failed a gate",
+            ["flag"],
+            registry=r,
+        )
+        self.fixed_observations = Counter(
+            "toolsim_fixed_observations",
+            "Observations their decoding schema fixed whole, built without the backend",
+            registry=r,
+        )
+        self.faults = Counter(
+            "toolsim_faults", "Faults injected by a fault policy", ["kind"], registry=r
+        )
+        self.fault_delay = Counter(
+            "toolsim_fault_delay_seconds", "Latency added by fault policies", registry=r
+        )
         self.cache_observations = self.observations.labels("cache")
         self.simulated_observations = self.observations.labels("simulated")
         self.live_observations = self.observations.labels("live")

@@ -2,6 +2,11 @@
 
 Bump ``PROMPT_VERSION`` whenever the text changes: it is part of every cache key, so old
 observations are not replayed for a prompt that would no longer produce them.
+
+The facts come first: every call of an episode (and every rollout of a group on the same
+question) then shares the longest possible prompt prefix, which a server with prefix caching
+(vLLM) computes once. An evidence call (``fidelity.Evidence``) shows only the short excerpts
+its role allows, and names the answer as the fact to state when the call is useful.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ from typing import Any
 import orjson
 
 from toolsim.toolsets import Tool
+from toolsim_toolactor.fidelity import Evidence
 
-PROMPT_VERSION = "1"
+PROMPT_VERSION = "2"
 MAX_PASSAGE_CHARS = 600
 MAX_GROUNDING_CHARS = 3000
 MAX_EVENT_CHARS = 500
@@ -26,6 +32,8 @@ class EpisodeContext:
     episode_id: str
     grounding: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    grounding_digest: str | None = None
+    """Digest of the grounding facts (not of ``usefulness``): the key of their prepared form."""
 
 
 def _json(value: Any) -> str:
@@ -33,16 +41,26 @@ def _json(value: Any) -> str:
 
 
 def build_messages(
-    tool: Tool, arguments: dict[str, Any], episode: EpisodeContext | None
+    tool: Tool,
+    arguments: dict[str, Any],
+    episode: EpisodeContext | None,
+    evidence: Evidence | None = None,
 ) -> list[dict[str, str]]:
-    parts = [
-        f"You simulate the tool `{tool.name}`. {tool.description}".strip(),
-        f"Its arguments follow this JSON Schema: {_json(tool.parameters)}",
-        "Reply with only the JSON object the real tool would return, following this JSON "
-        f"Schema: {_json(tool.output_schema)}. Be realistic and specific.",
-    ]
-    if episode is not None and episode.grounding:
+    parts: list[str] = []
+    if evidence is not None:
+        parts.append(_evidence_text(evidence))
+    elif episode is not None and episode.grounding:
         parts.append(_grounding_text(episode.grounding))
+    parts.append(f"You simulate the tool `{tool.name}`. {tool.description}".strip())
+    if evidence is None:  # an evidence call's arguments are one query: the schema is noise
+        parts.append(f"Its arguments follow this JSON Schema: {_json(tool.parameters)}")
+    if evidence is not None and evidence.copied:  # the decoder writes the excerpts' shape
+        parts.append("Reply with only the JSON object the real tool would return.")
+    else:
+        parts.append(
+            "Reply with only the JSON object the real tool would return, following this JSON "
+            f"Schema: {_json(tool.output_schema)}. Be realistic and specific."
+        )
     if episode is not None and episode.history:
         parts.append(_history_text(episode.history))
     return [
@@ -64,6 +82,24 @@ def _grounding_text(grounding: dict[str, Any]) -> str:
             break
         budget -= len(text)
         lines.append(text)
+    return "\n".join(lines)
+
+
+def _evidence_text(evidence: Evidence) -> str:
+    facts = evidence.facts
+    excerpts = [f"- {p.title}: {p.text}" if p.title else f"- {p.text}" for p in evidence.passages]
+    if evidence.role == "useful":
+        lines = ["Known facts. Copy them into the observation word for word:", *excerpts]
+        if facts.question:
+            lines.append(f"Question: {facts.question}")
+        if facts.golds:
+            lines.append(f"Answer: {facts.golds[0]}")
+            lines.append(f"The observation must state this answer: {facts.golds[0]}")
+        return "\n".join(lines)
+    lines = ["Related facts. They do not answer the question; use only these:", *excerpts]
+    if facts.question:
+        lines.append(f"This call must not answer the question: {facts.question}")
+    lines.append("Return plausible results about related topics only.")
     return "\n".join(lines)
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 JSONSchema = dict[str, Any]
 ToolMode = Literal["simulated", "live", "record"]
+Source = Literal["cache", "simulated", "live", "fault"]
+MAX_DELAY_MS = 600_000.0
 
 
 class _Model(BaseModel):
@@ -30,6 +32,83 @@ class ToolCall(BaseModel):
     function: FunctionCall
 
 
+class ConstantLatency(_Model):
+    distribution: Literal["constant"] = "constant"
+    ms: float = Field(ge=0, le=MAX_DELAY_MS)
+
+
+class UniformLatency(_Model):
+    distribution: Literal["uniform"]
+    low_ms: float = Field(ge=0, le=MAX_DELAY_MS)
+    high_ms: float = Field(ge=0, le=MAX_DELAY_MS)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.high_ms < self.low_ms:
+            raise ValueError("latency_ms.high_ms must be at least latency_ms.low_ms")
+        return self
+
+
+class ExponentialLatency(_Model):
+    distribution: Literal["exponential"]
+    mean_ms: float = Field(gt=0, le=MAX_DELAY_MS)
+
+
+class LognormalLatency(_Model):
+    distribution: Literal["lognormal"]
+    median_ms: float = Field(gt=0, le=MAX_DELAY_MS)
+    sigma: float = Field(default=0.5, ge=0, le=4)
+    """Spread of the log of the delay (0.5: p90 is about 1.9x the median)."""
+
+
+Latency = Annotated[
+    ConstantLatency | UniformLatency | ExponentialLatency | LognormalLatency,
+    Field(discriminator="distribution"),
+]
+
+
+class FaultRates(_Model):
+    """Share of calls that fail each way (each in [0, 1], together at most 1)."""
+
+    rate_limit: float = Field(default=0, ge=0, le=1)
+    """429 ``rate_limited`` with ``Retry-After``."""
+    server_error: float = Field(default=0, ge=0, le=1)
+    """500 ``tool_server_error``."""
+    unavailable: float = Field(default=0, ge=0, le=1)
+    """503 ``tool_unavailable`` with ``Retry-After``."""
+    timeout: float = Field(default=0, ge=0, le=1)
+    """504 ``tool_timeout``, after waiting ``timeout_ms``."""
+    malformed: float = Field(default=0, ge=0, le=1)
+    """200 with a body that is not JSON."""
+    truncated: float = Field(default=0, ge=0, le=1)
+    """200 with the observation cut short (no longer JSON)."""
+    empty: float = Field(default=0, ge=0, le=1)
+    """200 with an empty result (empty arrays and strings)."""
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> Self:
+        total = sum(self.model_dump().values())
+        if total > 1 + 1e-9:
+            raise ValueError(f"fault rates add up to {total:g}; together they must be at most 1")
+        return self
+
+
+class FaultPolicy(_Model):
+    """Seeded fault injection for a toolset or an episode (the episode's wins)."""
+
+    seed: int | None = None
+    """Seed of the fault draws; default the call's seed (the episode's, the request's)."""
+    latency_ms: Latency | None = None
+    """Delay added to every call, drawn from this distribution."""
+    rates: FaultRates = Field(default_factory=FaultRates)
+    retry_after_s: int = Field(default=1, ge=0, le=3600)
+    """``Retry-After`` of injected 429 and 503 answers."""
+    timeout_ms: float = Field(default=5000, ge=0, le=MAX_DELAY_MS)
+    """How long an injected timeout keeps the caller waiting before the 504."""
+    tools: list[str] | None = None
+    """Only these tools are faulted (default: all)."""
+
+
 class ToolCallsRequest(_Model):
     tools: list[dict[str, Any]] | None = None
     """OpenAI tool definitions, inline. Give either this or ``toolset_id``."""
@@ -43,6 +122,11 @@ class ToolCallsRequest(_Model):
     """``simulated`` (default), ``live`` or ``record`` per tool (inline tools only)."""
     live_endpoints: dict[str, str] | None = None
     """Real HTTP endpoint per ``live``/``record`` tool that is not a utility tool."""
+    retrieval: dict[str, bool] | None = None
+    """Tools whose grounded observations carry evidence (inline tools only; default: judged
+    from the tool's name and parameters)."""
+    faults: FaultPolicy | None = None
+    """Fault injection for these tools (inline tools only)."""
     tool_calls: list[ToolCall] = Field(min_length=1, max_length=128)
     episode_id: str | None = None
     seed: int | None = None
@@ -51,11 +135,18 @@ class ToolCallsRequest(_Model):
     def _one_source(self) -> Self:
         if (self.tools is None) == (self.toolset_id is None):
             raise ValueError("give exactly one of 'tools' and 'toolset_id'")
-        inline_only = (self.output_schemas, self.stateful, self.modes, self.live_endpoints)
-        if self.toolset_id is not None and any(inline_only):
+        inline_only = (
+            self.output_schemas,
+            self.stateful,
+            self.modes,
+            self.live_endpoints,
+            self.retrieval,
+            self.faults,
+        )
+        if self.toolset_id is not None and any(v is not None for v in inline_only):
             raise ValueError(
-                "'output_schemas', 'stateful', 'modes' and 'live_endpoints' go with inline "
-                "'tools' only"
+                "'output_schemas', 'stateful', 'modes', 'live_endpoints', 'retrieval' and "
+                "'faults' go with inline 'tools' only (register a toolset to name them once)"
             )
         return self
 
@@ -66,10 +157,26 @@ class ToolMessage(BaseModel):
     content: str
 
 
+class CheckFailure(BaseModel):
+    reason: str
+    """The first failing check of the gate (``answer_absent``, ``conflicting_answer``, ...)."""
+
+
 class ObservationInfo(BaseModel):
     tool_call_id: str
-    source: Literal["cache", "simulated", "live"]
+    source: Source
+    """``fault``: an injected malformed or empty body, made without the simulator."""
     latency_ms: float
+    flags: list[str] | None = None
+    """Gates the observation failed after every attempt (``fidelity``, ``quality``): the
+    simulator's failure, not the tool's. Absent when it passed."""
+    fidelity: CheckFailure | None = None
+    """Present with ``flags`` containing ``fidelity``: why the observation disagrees with the
+    grounding."""
+    quality: CheckFailure | None = None
+    """Present with ``flags`` containing ``quality``."""
+    fault: str | None = None
+    """The injected fault this body carries (``malformed``, ``truncated``, ``empty``)."""
 
 
 class ToolCallsResponse(BaseModel):
@@ -83,6 +190,10 @@ class ToolsetCreate(_Model):
     stateful: dict[str, bool] | None = None
     modes: dict[str, ToolMode] | None = None
     live_endpoints: dict[str, str] | None = None
+    retrieval: dict[str, bool] | None = None
+    """Tools whose grounded observations carry evidence (True) or never do (False)."""
+    faults: FaultPolicy | None = None
+    """Fault injection for every call of this toolset (an episode's policy replaces it)."""
 
 
 class ToolsetOut(BaseModel):
@@ -100,13 +211,20 @@ class Passage(_Model):
 class Grounding(_Model):
     question: str | None = None
     answer: str | None = None
+    aliases: list[str] = Field(default_factory=list, max_length=32)
+    """Other spellings of the answer: an observation naming any of them carries it."""
     passages: list[Passage] = Field(default_factory=list, max_length=64)
+    usefulness: float = Field(default=1.0, ge=0, le=1)
+    """Share of evidence-bearing calls whose observation carries the answer; the others get a
+    plausible, related observation without it (a curriculum knob: lower is harder)."""
 
 
 class EpisodeCreate(_Model):
     toolset_id: str
     seed: int | None = None
     grounding: Grounding | None = None
+    faults: FaultPolicy | None = None
+    """Fault injection for this episode's calls (replaces the toolset's policy)."""
 
 
 class EpisodeOut(BaseModel):

@@ -1,19 +1,23 @@
 """The ToolActor's logic: resolve the toolset, validate, look up, coalesce, simulate.
 
-One observation's life: arguments are validated against the tool's ``parameters``; the cache
-key is a digest of everything that determines the observation; a hit is returned as stored;
-a miss joins an identical in-flight generation or starts one, and only a valid observation
-is written back. Nothing here knows which cache or backend it holds.
+One observation's life: arguments are validated against the tool's ``parameters``; a fault
+policy may answer first (``faults.py``); in a grounded episode an evidence call gets its role
+(``fidelity.py``); the cache key is a digest of everything that determines the observation;
+a hit is returned as stored; a miss joins an identical in-flight generation or starts one.
+An observation that passed every gate is written under its key; one returned flagged is
+written under ``flagged_key(key)``, which only the flagged path reads, so it is replayed
+flagged and never served as a pass. Nothing here knows which cache or backend it holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
@@ -27,14 +31,17 @@ from toolsim.jsonutil import digest, dumps
 from toolsim.registry import Registry
 from toolsim.singleflight import SingleFlight
 from toolsim.toolsets import Tool, Toolset, build_toolset, toolset_from_record
+from toolsim_toolactor import faults
 from toolsim_toolactor.cache import ObservationCache
+from toolsim_toolactor.checks import PASSED, Verdict
+from toolsim_toolactor.faults import NO_FAULT, FaultDraw
+from toolsim_toolactor.fidelity import Evidence, Role, evidence_role, facts_of, plan_evidence
 from toolsim_toolactor.live import LiveExecutor
 from toolsim_toolactor.metrics import ActorMetrics
 from toolsim_toolactor.prompt import PROMPT_VERSION, EpisodeContext
-from toolsim_toolactor.protocol import EpisodeCreate, ToolCallsRequest
-from toolsim_toolactor.simulator import Simulator
+from toolsim_toolactor.protocol import EpisodeCreate, FaultPolicy, Source, ToolCallsRequest
+from toolsim_toolactor.simulator import Simulated, Simulator
 
-Source = Literal["cache", "simulated", "live"]
 RECORD_VERSION = "rec1"
 TOOLSET_LRU_SIZE = 1024
 ARGUMENTS_MEMO_SIZE = 8192
@@ -43,9 +50,13 @@ ARGUMENTS_MEMO_SIZE = 8192
 @dataclass(frozen=True)
 class Observation:
     content: bytes
-    """The observation as compact JSON."""
+    """The observation as compact JSON (not JSON when a body fault was injected)."""
     source: Source
     latency_ms: float
+    verdict: Verdict = PASSED
+    """The gates it failed after every attempt (none: it passed)."""
+    fault: str | None = None
+    """The body fault injected into ``content``, if any."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,16 @@ class Episode:
     seed: int
     grounding: dict[str, Any] | None
     grounding_digest: str | None
+    faults: FaultPolicy | None = None
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One validated call on its way through ``_observe``."""
+
+    tool: Tool
+    arguments: dict[str, Any]
+    fault: FaultDraw = NO_FAULT
 
 
 class ToolActorService:
@@ -80,8 +101,9 @@ class ToolActorService:
         self._history_events = history_events
         self._toolsets: OrderedDict[str, Toolset] = OrderedDict()
         self._inline_ids: OrderedDict[bytes, str] = OrderedDict()
-        self._flights: SingleFlight[bytes] = SingleFlight()
+        self._flights: SingleFlight[Simulated] = SingleFlight()
         self._valid_arguments: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        self._faults = faults.FaultInjector(metrics)
 
     # -- toolsets ---------------------------------------------------------------------------
 
@@ -92,8 +114,13 @@ class ToolActorService:
         stateful: dict[str, bool] | None,
         modes: dict[str, str] | None = None,
         live_endpoints: dict[str, str] | None = None,
+        retrieval: dict[str, bool] | None = None,
+        fault_policy: FaultPolicy | None = None,
     ) -> Toolset:
-        toolset = build_toolset(tools, output_schemas, stateful, modes, live_endpoints)
+        toolset = build_toolset(
+            tools, output_schemas, stateful, modes, live_endpoints, retrieval, _dump(fault_policy)
+        )
+        _check_fault_tools(toolset, fault_policy, "faults.tools")
         self._live.check(toolset)
         await self._registry.put_toolset(toolset.to_record())
         self._remember(toolset)
@@ -121,6 +148,8 @@ class ToolActorService:
                 request.stateful,
                 request.modes,
                 request.live_endpoints,
+                request.retrieval,
+                _dump(request.faults),
             )
         )
         toolset_id = self._inline_ids.get(key)
@@ -132,7 +161,10 @@ class ToolActorService:
             request.stateful,
             request.modes,
             request.live_endpoints,
+            request.retrieval,
+            _dump(request.faults),
         )
+        _check_fault_tools(toolset, request.faults, "faults.tools")
         self._live.check(toolset)
         self._remember(toolset)
         self._inline_ids[key] = toolset.id
@@ -147,13 +179,15 @@ class ToolActorService:
     # -- episodes ---------------------------------------------------------------------------
 
     async def create_episode(self, body: EpisodeCreate) -> Episode:
-        await self.get_toolset(body.toolset_id)  # 404 before anything is stored
+        toolset = await self.get_toolset(body.toolset_id)  # 404 before anything is stored
+        _check_fault_tools(toolset, body.faults, "faults.tools")
         grounding = body.grounding.model_dump() if body.grounding is not None else None
         meta: dict[str, Any] = {
             "toolset_id": body.toolset_id,
             "seed": body.seed if body.seed is not None else secrets.randbits(31),
             "grounding": grounding,
-            "grounding_digest": digest(grounding) if grounding is not None else None,
+            "grounding_digest": _grounding_digest(grounding),
+            "faults": _dump(body.faults),
         }
         episode_id = "ep_" + secrets.token_hex(12)
         await self._registry.create_episode(episode_id, meta)
@@ -216,31 +250,33 @@ class ToolActorService:
         episode_id: str | None,
         seed: int | None,
     ) -> list[Observation]:
-        episode, context = await self._episode_context(toolset, episode_id)
+        episode, history = await self._episode_history(toolset, episode_id)
+        context = self._context(episode, history) if episode is not None else None
         if seed is None:
             seed = episode.seed if episode is not None else self._default_seed
+        planned = await self._faults_first(toolset, episode, history, calls, seed)
         history_digest = digest(context.history) if context is not None else None
-        if len(calls) == 1:  # the common case: no task or gather on the hot path
-            observations = [await self._one(*calls[0], episode, context, seed, history_digest)]
+        if len(planned) == 1:  # the common case: no task or gather on the hot path
+            observations = [await self._call(planned[0], episode, context, seed, history_digest)]
         else:
             observations = list(
                 await asyncio.gather(
-                    *(self._one(t, a, episode, context, seed, history_digest) for t, a in calls)
+                    *(self._call(c, episode, context, seed, history_digest) for c in planned)
                 )
             )
         if episode is not None:
             events = [
-                {"tool": tool.name, "arguments": args, "observation": obs.content.decode()}
-                for (tool, args), obs in zip(calls, observations, strict=True)
+                _event(c.tool, c.arguments, obs.content.decode(), obs.fault)
+                for c, obs in zip(planned, observations, strict=True)
             ]
             await self._registry.append_events(episode.id, events)
         return observations
 
-    async def _episode_context(
+    async def _episode_history(
         self, toolset: Toolset, episode_id: str | None
-    ) -> tuple[Episode | None, EpisodeContext | None]:
+    ) -> tuple[Episode | None, list[dict[str, Any]]]:
         if episode_id is None:
-            return None, None
+            return None, []
         episode = await self.get_episode(episode_id)
         if episode.toolset_id != toolset.id:
             raise InvalidRequestError(
@@ -248,9 +284,81 @@ class ToolActorService:
                 f"not {toolset.id!r}",
                 param="episode_id",
             )
-        history = await self._registry.episode_events(episode_id)
-        recent = history[-self._history_events :] if self._history_events else []
-        return episode, EpisodeContext(episode_id, episode.grounding, recent)
+        return episode, await self._registry.episode_events(episode_id)
+
+    def _context(self, episode: Episode, history: list[dict[str, Any]]) -> EpisodeContext:
+        """What the simulator sees: the facts and the recent calls that were answered (an
+        injected fault says nothing about the tool's world, so it is not shown)."""
+        answered = [e for e in history if "fault" not in e]
+        recent = answered[-self._history_events :] if self._history_events else []
+        return EpisodeContext(episode.id, episode.grounding, recent, episode.grounding_digest)
+
+    async def _faults_first(
+        self,
+        toolset: Toolset,
+        episode: Episode | None,
+        history: list[dict[str, Any]],
+        calls: list[tuple[Tool, dict[str, Any]]],
+        seed: int,
+    ) -> list[_Call]:
+        """Draw each call's fault; an HTTP fault answers the whole request before anything
+        is generated (recorded in the episode, so a retry draws its next occurrence)."""
+        policy = self._faults.policy(toolset, episode.faults if episode is not None else None)
+        if policy is None:
+            return [_Call(tool, args) for tool, args in calls]
+        draws = self._faults.draws(policy, calls, history if episode is not None else None, seed)
+        planned = [_Call(t, a, d) for (t, a), d in zip(calls, draws, strict=True)]
+        failing = next((c for c in planned if c.fault.kind in faults.HTTP_FAULTS), None)
+        if failing is None:
+            return planned
+        assert failing.fault.kind is not None
+        error = faults.http_error(failing.fault.kind, policy, failing.tool)
+        if episode is not None:
+            body = dumps(error.to_envelope()).decode()
+            event = _event(failing.tool, failing.arguments, body, error.kind)
+            await self._registry.append_events(episode.id, [event])
+        await self._faults.fail(error, policy, max(c.fault.delay_s for c in planned))
+
+    # -- one call ---------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        call: _Call,
+        episode: Episode | None,
+        context: EpisodeContext | None,
+        seed: int,
+        history_digest: str | None,
+    ) -> Observation:
+        """One call with its fault applied: a body fault replaces the body after the cache."""
+        kind = call.fault.kind
+        if kind is None:
+            observation = await self._one(
+                call.tool, call.arguments, episode, context, seed, history_digest
+            )
+        else:
+            self._faults.injected(kind)
+            observation = await self._faulted(call, kind, episode, context, seed, history_digest)
+        await self._faults.delay(call.fault.delay_s)
+        if call.fault.delay_s:
+            latency = observation.latency_ms + call.fault.delay_s * 1000
+            observation = dataclasses.replace(observation, latency_ms=latency)
+        return observation
+
+    async def _faulted(
+        self,
+        call: _Call,
+        kind: str,
+        episode: Episode | None,
+        context: EpisodeContext | None,
+        seed: int,
+        history_digest: str | None,
+    ) -> Observation:
+        if kind != "truncated":  # malformed and empty bodies need no observation
+            body = faults.faulted_body(kind, call.tool, None, call.fault.cut)
+            return Observation(body, "fault", 0.0, fault=kind)
+        whole = await self._one(call.tool, call.arguments, episode, context, seed, history_digest)
+        body = faults.faulted_body(kind, call.tool, whole.content, call.fault.cut)
+        return dataclasses.replace(whole, content=body, fault=kind)
 
     async def _one(
         self,
@@ -265,6 +373,7 @@ class ToolActorService:
         if tool.mode != "simulated":
             content = await self._call_live(tool, arguments)
             return Observation(content, "live", (time.perf_counter() - started) * 1000)
+        role = self._role(tool, arguments, context, seed)
         key = digest(
             {
                 "v": PROMPT_VERSION,
@@ -274,6 +383,7 @@ class ToolActorService:
                 "g": episode.grounding_digest if episode is not None else None,
                 "s": seed,
                 "h": history_digest if tool.stateful else None,
+                "r": role,
             }
         )
         cached = await self._cache.get(key)
@@ -286,9 +396,35 @@ class ToolActorService:
         if recorded is not None:  # a real observation recorded earlier beats a simulated one
             self._metrics.cache_observations.inc()
             return Observation(recorded, "cache", (time.perf_counter() - started) * 1000)
-        content = await self._coalesced(key, tool, arguments, context, seed)
+        evidence = self._plan(tool, context, role)
+        if self._simulator.gates_for(evidence):
+            flagged = await self._cache.get(flagged_key(key))
+            if flagged is not None:
+                self._metrics.cache_observations.inc()
+                content, verdict = _unwrap_flagged(flagged)
+                elapsed = (time.perf_counter() - started) * 1000
+                return Observation(content, "cache", elapsed, verdict)
+        result = await self._coalesced(key, tool, arguments, context, seed, evidence)
         self._metrics.simulated_observations.inc()
-        return Observation(content, "simulated", (time.perf_counter() - started) * 1000)
+        elapsed = (time.perf_counter() - started) * 1000
+        return Observation(result.content, "simulated", elapsed, result.verdict)
+
+    def _role(
+        self, tool: Tool, arguments: dict[str, Any], context: EpisodeContext | None, seed: int
+    ) -> Role | None:
+        if context is None or not context.grounding or context.grounding_digest is None:
+            return None
+        facts = facts_of(context.grounding, context.grounding_digest)
+        usefulness = float(context.grounding.get("usefulness", 1.0))
+        return evidence_role(tool, arguments, facts, usefulness, seed)
+
+    def _plan(
+        self, tool: Tool, context: EpisodeContext | None, role: Role | None
+    ) -> Evidence | None:
+        if role is None or context is None or context.grounding_digest is None:
+            return None
+        assert context.grounding is not None
+        return plan_evidence(tool, facts_of(context.grounding, context.grounding_digest), role)
 
     async def _coalesced(
         self,
@@ -297,13 +433,14 @@ class ToolActorService:
         arguments: dict[str, Any],
         context: EpisodeContext | None,
         seed: int,
-    ) -> bytes:
-        content, joined = await self._flights.run(
-            key, lambda: self._generate(key, tool, arguments, context, seed)
+        evidence: Evidence | None,
+    ) -> Simulated:
+        result, joined = await self._flights.run(
+            key, lambda: self._generate(key, tool, arguments, context, seed, evidence)
         )
         if joined:
             self._metrics.coalesced.inc()
-        return content
+        return result
 
     async def _call_live(self, tool: Tool, arguments: dict[str, Any]) -> bytes:
         content = await self._live.call(tool, arguments)
@@ -322,10 +459,58 @@ class ToolActorService:
         arguments: dict[str, Any],
         context: EpisodeContext | None,
         seed: int,
-    ) -> bytes:
-        content = await self._simulator.simulate(tool, arguments, context, seed)
-        await self._cache.set(key, content)  # only reached with a valid observation
-        return content
+        evidence: Evidence | None,
+    ) -> Simulated:
+        result = await self._simulator.simulate(tool, arguments, context, seed, evidence)
+        if result.verdict.passed:
+            await self._cache.set(key, result.content)
+        else:  # replayed flagged, never as a pass
+            await self._cache.set(flagged_key(key), _wrap_flagged(result))
+        return result
+
+
+def flagged_key(key: str) -> str:
+    """Where an observation that failed a gate is cached: a key the pass path never reads."""
+    return digest({"flagged": key})
+
+
+def _wrap_flagged(result: Simulated) -> bytes:
+    return dumps({"content": result.content.decode(), "failures": result.verdict.failures})
+
+
+def _unwrap_flagged(stored: bytes) -> tuple[bytes, Verdict]:
+    record = orjson.loads(stored)
+    return record["content"].encode(), Verdict(dict(record["failures"]))
+
+
+def _event(
+    tool: Tool, arguments: dict[str, Any], observation: str, fault: str | None
+) -> dict[str, Any]:
+    event: dict[str, Any] = {"tool": tool.name, "arguments": arguments, "observation": observation}
+    if fault is not None:
+        event["fault"] = fault
+    return event
+
+
+def _dump(policy: FaultPolicy | None) -> dict[str, Any] | None:
+    """A policy in its normal form (defaults filled in): equal policies, equal toolset ids."""
+    return policy.model_dump(mode="json") if policy is not None else None
+
+
+def _check_fault_tools(toolset: Toolset, policy: FaultPolicy | None, param: str) -> None:
+    unknown = sorted(set(policy.tools or []) - set(toolset.tools)) if policy else []
+    if unknown:
+        raise InvalidRequestError(
+            f"the fault policy names tools that are not in the toolset: {unknown}", param=param
+        )
+
+
+def _grounding_digest(grounding: dict[str, Any] | None) -> str | None:
+    """The digest of the facts, without ``usefulness``: that only picks each call's role,
+    which the cache key carries, so calls of the same role share observations across levels."""
+    if grounding is None:
+        return None
+    return digest({k: v for k, v in grounding.items() if k != "usefulness"})
 
 
 def _recorded_key(tool: Tool, arguments: dict[str, Any]) -> str:
@@ -345,12 +530,14 @@ def _tool(toolset: Toolset, name: str, param: str) -> Tool:
 
 
 def _episode(episode_id: str, meta: dict[str, Any]) -> Episode:
+    policy = meta.get("faults")
     return Episode(
         id=episode_id,
         toolset_id=meta["toolset_id"],
         seed=meta["seed"],
         grounding=meta["grounding"],
         grounding_digest=meta["grounding_digest"],
+        faults=FaultPolicy.model_validate(policy) if policy is not None else None,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -35,9 +36,18 @@ async def answer(state: ActorState, raw: bytes) -> bytes:
     infos = []
     for call, obs in zip(body.tool_calls, observations, strict=True):
         messages.append({"role": "tool", "tool_call_id": call.id, "content": obs.content.decode()})
-        infos.append(
-            {"tool_call_id": call.id, "source": obs.source, "latency_ms": round(obs.latency_ms, 3)}
-        )
+        info: dict[str, Any] = {
+            "tool_call_id": call.id,
+            "source": obs.source,
+            "latency_ms": round(obs.latency_ms, 3),
+        }
+        if not obs.verdict.passed:
+            info["flags"] = list(obs.verdict.flags)
+            for flag, reason in obs.verdict.failures.items():
+                info[flag] = {"reason": reason}
+        if obs.fault is not None:
+            info["fault"] = obs.fault
+        infos.append(info)
     return dumps({"messages": messages, "observations": infos})
 
 

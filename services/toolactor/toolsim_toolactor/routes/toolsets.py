@@ -10,6 +10,7 @@ from toolsim.toolsets import Toolset
 from toolsim_toolactor.openapi import toolset_openapi
 from toolsim_toolactor.protocol import ToolsetCreate
 from toolsim_toolactor.routes.common import parse_model
+from toolsim_toolactor.serving import Observation
 from toolsim_toolactor.state import actor_state
 
 router = APIRouter(tags=["toolsets"])
@@ -29,6 +30,8 @@ async def create_toolset(request: Request) -> Response:
         body.stateful,
         dict(body.modes) if body.modes else None,
         body.live_endpoints,
+        body.retrieval,
+        body.faults,
     )
     return JSONBytesResponse(_toolset_out(toolset), status_code=201)
 
@@ -57,4 +60,16 @@ async def call_tool(
     state = actor_state(request)
     arguments = parse_json(await read_body(request, state.settings.max_body_bytes))
     observation = await state.service.call_tool(toolset_id, name, arguments, x_episode_id, seed)
-    return JSONBytesResponse(observation.content, headers={"X-Toolsim-Source": observation.source})
+    return JSONBytesResponse(observation.content, headers=observation_headers(observation))
+
+
+def observation_headers(observation: Observation) -> dict[str, str]:
+    """Where the REST face says what ``observations[]`` says on ``/v1/tool_calls``."""
+    headers: dict[str, str] = {"X-Toolsim-Source": observation.source}
+    if not observation.verdict.passed:
+        headers["X-Toolsim-Flags"] = ",".join(observation.verdict.flags)
+        for flag, reason in observation.verdict.failures.items():
+            headers[f"X-Toolsim-{flag.capitalize()}"] = reason
+    if observation.fault is not None:
+        headers["X-Toolsim-Fault"] = observation.fault
+    return headers
