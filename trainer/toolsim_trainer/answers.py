@@ -1,58 +1,10 @@
 """Answer normalisation, exact match and token F1, as the SQuAD/HotpotQA evaluation scripts.
 
-Shared by the trace scorer, the GRPO rewards and ``toolsim eval``, so a policy is trained on
-the same notion of "correct" that it is measured by.
+One implementation, in ``toolsim.answers``, shared by the ToolActor's fidelity check, the trace
+scorer, the GRPO rewards and ``toolsim eval``: a policy is trained on the same notion of
+"correct" that it is measured by, and the simulator checks evidence with it too.
 """
 
-from __future__ import annotations
+from toolsim.answers import answer_in_text, exact_match, f1_score, is_yes_no, normalize_answer
 
-import re
-import string
-from collections import Counter
-from collections.abc import Sequence
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = frozenset(string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """Lowercase, drop punctuation and the articles a/an/the, collapse whitespace."""
-    lowered = text.lower()
-    no_punct = "".join(ch for ch in lowered if ch not in _PUNCTUATION)
-    return " ".join(_ARTICLES.sub(" ", no_punct).split())
-
-
-def exact_match(prediction: str | None, golds: Sequence[str]) -> float:
-    """1.0 when the normalised prediction equals any normalised gold answer."""
-    if prediction is None:
-        return 0.0
-    pred = normalize_answer(prediction)
-    return float(any(pred == normalize_answer(g) for g in golds))
-
-
-def f1_score(prediction: str | None, golds: Sequence[str]) -> float:
-    """The best token F1 of the prediction against any gold answer."""
-    if prediction is None or not golds:
-        return 0.0
-    return max(_f1(prediction, gold) for gold in golds)
-
-
-def _f1(prediction: str, gold: str) -> float:
-    pred_norm, gold_norm = normalize_answer(prediction), normalize_answer(gold)
-    # As in the HotpotQA script: yes/no/noanswer only match themselves exactly.
-    special = {"yes", "no", "noanswer"}
-    if (pred_norm in special or gold_norm in special) and pred_norm != gold_norm:
-        return 0.0
-    pred_tokens, gold_tokens = pred_norm.split(), gold_norm.split()
-    common = Counter(pred_tokens) & Counter(gold_tokens)
-    same = sum(common.values())
-    if same == 0:
-        return 0.0
-    precision, recall = same / len(pred_tokens), same / len(gold_tokens)
-    return 2 * precision * recall / (precision + recall)
-
-
-def answer_in_text(golds: Sequence[str], text: str) -> bool:
-    """Whether any gold answer occurs in ``text`` as whole normalised tokens."""
-    haystack = f" {normalize_answer(text)} "
-    return any((needle := normalize_answer(g)) and f" {needle} " in haystack for g in golds)
+__all__ = ["answer_in_text", "exact_match", "f1_score", "is_yes_no", "normalize_answer"]

@@ -38,6 +38,9 @@ class QuestionRow:
     passages: tuple[Passage, ...] = ()
     source: str = ""
     """``file:line`` the row came from."""
+    subquestions: tuple[str, ...] = ()
+    """Single-hop questions that answer it in order (MuSiQue's ``question_decomposition``), each
+    standalone: a ``#k`` reference is replaced by the answer of step k. Empty when unknown."""
 
     @property
     def answer(self) -> str:
@@ -97,6 +100,7 @@ def _row(raw: Any, where: str) -> QuestionRow:
         answers=answers,
         passages=_passages(raw, where),
         source=where,
+        subquestions=_subquestions(raw, where),
     )
 
 
@@ -133,6 +137,25 @@ def _passages(raw: dict[str, Any], where: str) -> tuple[Passage, ...]:
     return ()
 
 
+def _subquestions(raw: dict[str, Any], where: str) -> tuple[str, ...]:
+    """MuSiQue's decomposition as standalone questions ("#1" → the first step's answer)."""
+    steps = raw.get("question_decomposition") or []
+    if not isinstance(steps, list):
+        raise DatasetError(f"{where}: 'question_decomposition' must be a list of steps")
+    out: list[str] = []
+    answers: list[str] = []
+    for k, step in enumerate(steps, start=1):
+        if not isinstance(step, dict) or not isinstance(step.get("question"), str):
+            raise DatasetError(f"{where}: question_decomposition[{k - 1}] needs a 'question'")
+        question = step["question"]
+        # Highest reference first, so "#1" does not eat the front of "#10".
+        for ref in range(len(answers), 0, -1):
+            question = question.replace(f"#{ref}", answers[ref - 1])
+        out.append(" ".join(question.split()))
+        answers.append(str(step.get("answer", "")).strip())
+    return tuple(out)
+
+
 def _passage(raw: Any, where: str) -> Passage:
     if not isinstance(raw, dict) or not isinstance(raw.get("text"), str):
         raise DatasetError(f"{where}: each passage needs a string 'text'")
@@ -155,8 +178,11 @@ def grounding_of(row: QuestionRow) -> dict[str, Any] | None:
     """The ToolActor episode grounding for ``row``, or None when it has no passages."""
     if not row.passages:
         return None
-    return {
+    grounding: dict[str, Any] = {
         "question": row.question,
         "answer": row.answer,
         "passages": [{"title": p.title, "text": p.text} for p in row.passages],
     }
+    if len(row.answers) > 1:  # MuSiQue aliases count as evidence too
+        grounding["aliases"] = list(row.answers[1:])
+    return grounding
