@@ -67,6 +67,9 @@ class Policy(abc.ABC):
     ) -> PolicyOutput:
         """The next turn; raises ``PolicyError`` when the engine cannot answer."""
 
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Load the model or reach the endpoint before the first question (fail fast)."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""
 

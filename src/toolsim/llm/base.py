@@ -25,6 +25,11 @@ class GenerationRequest:
     max_tokens: int = 256
     choices: list[str] | None = field(default=None)
     """When set, the output must be exactly one of these strings (choice-constrained)."""
+    prompt_ids: list[int] | None = field(default=None)
+    """Token ids of an already-templated prompt (ending in the generation prompt). When set,
+    the backend applies no chat template and ``messages`` is ignored (it may be empty): for a
+    caller that owns its template, such as a policy rendered with TRL's Qwen2.5 template.
+    Only backends that run the tokenizer themselves (embedded) accept it."""
 
 
 @dataclass(frozen=True)

@@ -223,7 +223,7 @@ class EmbeddedBackend(LLMBackend):
         tokenizer = self._tokenizer
         if tokenizer is None:
             raise BackendUnavailableError("embedded backend is not started")
-        if not request.messages:
+        if request.prompt_ids is None and not request.messages:
             raise InvalidRequestError("messages must not be empty", param="messages")
         if request.max_tokens < 1:
             raise InvalidRequestError("max_tokens must be at least 1", param="max_tokens")
@@ -231,14 +231,7 @@ class EmbeddedBackend(LLMBackend):
             raise InvalidRequestError("temperature must not be negative", param="temperature")
         if request.choices is not None and not request.choices:
             raise InvalidRequestError("choices must not be empty", param="choices")
-        with self._tokenizer_lock:
-            encoded = tokenizer.apply_chat_template(
-                request.messages,
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=False,
-            )
-        prompt_ids = [int(t) for t in cast(list[int], encoded)]
+        prompt_ids = self._prompt_ids(tokenizer, request)
         room = self._max_positions - len(prompt_ids)
         if room < 1:
             raise InvalidRequestError(
@@ -251,6 +244,30 @@ class EmbeddedBackend(LLMBackend):
         elif request.json_schema is not None:
             grammar = self._compiled_schema(request.json_schema)
         return prompt_ids, grammar, min(request.max_tokens, room)
+
+    def _prompt_ids(
+        self, tokenizer: PreTrainedTokenizerBase, request: GenerationRequest
+    ) -> list[int]:
+        """The request's own token ids, or its messages through the tokenizer's template."""
+        if request.prompt_ids is not None:
+            ids = [int(t) for t in request.prompt_ids]
+            if not ids:
+                raise InvalidRequestError("prompt_ids must not be empty", param="prompt_ids")
+            if min(ids) < 0 or max(ids) >= self._vocab_size:
+                raise InvalidRequestError(
+                    f"prompt_ids must lie in [0, {self._vocab_size}): is this the model's "
+                    "tokenizer?",
+                    param="prompt_ids",
+                )
+            return ids
+        with self._tokenizer_lock:
+            encoded = tokenizer.apply_chat_template(
+                request.messages,
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
+            )
+        return [int(t) for t in cast(list[int], encoded)]
 
     def _compiled_schema(self, schema: dict[str, Any]) -> xgr.CompiledGrammar:
         # Key order is kept: xgrammar emits properties in schema order, so order matters.

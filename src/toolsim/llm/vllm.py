@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from toolsim.errors import BackendUnavailableError, GenerationFailedError
+from toolsim.errors import BackendUnavailableError, GenerationFailedError, InvalidRequestError
 from toolsim.llm.base import FinishReason, Generation, GenerationRequest, LLMBackend
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ class VLLMBackend(LLMBackend):
         )
 
     async def generate(self, request: GenerationRequest) -> Generation:
+        if request.prompt_ids is not None:  # chat completions take messages, not token ids
+            raise InvalidRequestError("prompt_ids needs the embedded backend", param="prompt_ids")
         response = await self._post_with_retries(_payload(self.model_name, request))
         body = response.json()
         choice = body["choices"][0]
