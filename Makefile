@@ -3,6 +3,7 @@
 #   make test   install everything the tests need, run the checks and the tests
 #   make check  ruff (lint + format) and mypy --strict
 #   make bench  the benchmarks in bench/ (figures printed, last line = headline)
+#   make demo   traces -> SFT -> GRPO -> eval on the packaged model (trainer/configs/cpu-demo.yaml)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -10,7 +11,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.toolsim-installed
 
-.PHONY: run test check lint typecheck install model system-deps vllm bench clean
+.PHONY: run test check lint typecheck install model system-deps vllm bench demo clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,7 +47,10 @@ test: system-deps install model vllm check
 
 bench: model system-deps
 	$(BIN)/python bench/cache_hit.py
-	$(BIN)/python bench/embedded_batching.py
+	$(BIN)/python bench/miss_path.py --backend embedded
+
+demo: model system-deps
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/toolsim pipeline --config trainer/configs/cpu-demo.yaml
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

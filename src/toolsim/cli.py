@@ -1,4 +1,5 @@
-"""The ``toolsim`` command: serve the services, fetch the model."""
+"""The ``toolsim`` command: serve the services, fetch the model, and the trainer's commands
+(traces, eval, train, plot, pipeline: mounted from ``toolsim_trainer.cli``)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     fetch.set_defaults(func=_model_fetch)
     path = model_cmds.add_parser("path", help="print the model folder")
     path.set_defaults(func=_model_path)
+
+    from toolsim_trainer.cli import register
+
+    register(commands)
     return parser
 
 

@@ -9,6 +9,7 @@ stops at an answer, a grammar error, the tool-call budget or the turn limit.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -134,11 +135,11 @@ async def _act(
         observed = [_no_tools(c) for c in calls]
         seconds = 0.0
     else:
-        before = tools.actor.stats.wait_s
+        started = time.perf_counter()  # not stats.wait_s: concurrent traces share the client
         observed = await tools.actor.call_tools(
             tools.toolset_id, calls, episode_id=tools.episode_id
         )
-        seconds = tools.actor.stats.wait_s - before
+        seconds = time.perf_counter() - started
     result.tool_results.extend(observed)
     tool_turn = ToolTurn(tuple(ToolResponse(r.tool_call_id, r.content) for r in observed))
     return turn, (tool_turn, seconds)

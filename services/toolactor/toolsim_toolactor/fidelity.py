@@ -358,7 +358,11 @@ def _fixed_item(item: dict[str, Any], slot: CopySlot, passage: Passage) -> dict[
     if slot.title_key is not None and _fits(item["properties"][slot.title_key], passage.title):
         fields[slot.title_key] = {"const": passage.title}
         required.append(slot.title_key)
-    return {**item, "properties": fields, "required": list(dict.fromkeys(required))}
+    # Closed: an excerpt is exactly its fields (xgrammar's strict mode writes no others anyway),
+    # so a tool whose items are open (live search adds "score") still gets a fixed observation
+    # that the simulator builds without decoding.
+    required = list(dict.fromkeys(required))
+    return {**item, "properties": fields, "required": required, "additionalProperties": False}
 
 
 def _fits(node: dict[str, Any], text: str) -> bool:
