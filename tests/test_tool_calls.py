@@ -88,6 +88,8 @@ async def test_identical_concurrent_calls_are_coalesced(
     assert {r.status_code for r in responses} == {200}
     assert len({r.json()["messages"][0]["content"] for r in responses}) == 1
     assert len(backend.calls) == 1
+    sources = sorted(r.json()["observations"][0]["source"] for r in responses)
+    assert sources == ["cache"] * 31 + ["simulated"]  # one generated, the others replayed it
     metrics = (await actor.http.get("/metrics")).text
     assert "toolsim_coalesced_calls_total 31.0" in metrics
 

@@ -251,7 +251,8 @@ def test_the_same_rollout_runs_on_simulated_tools(actor: ActorServer, trainer: F
         again = rollout(prompts(2), trainer)
     finally:
         rollout.close()
-    assert [c.source for r in first["rollout"] for c in r.calls] == ["simulated", "cache"]
+    # the two calls go out together: one generates, the other joins it or hits the cache
+    assert sorted(c.source for r in first["rollout"] for c in r.calls) == ["cache", "simulated"]
     assert trainer.metrics["tools/cache_hit_rate"][-2:] == [0.5, 1.0]
     assert all(r.calls[0].ok for r in again["rollout"])
 

@@ -404,9 +404,12 @@ class ToolActorService:
                 content, verdict = _unwrap_flagged(flagged)
                 elapsed = (time.perf_counter() - started) * 1000
                 return Observation(content, "cache", elapsed, verdict)
-        result = await self._coalesced(key, tool, arguments, context, seed, evidence)
-        self._metrics.simulated_observations.inc()
+        result, joined = await self._coalesced(key, tool, arguments, context, seed, evidence)
         elapsed = (time.perf_counter() - started) * 1000
+        if joined:  # another request generated it: to this caller it is a replay
+            self._metrics.cache_observations.inc()
+            return Observation(result.content, "cache", elapsed, result.verdict)
+        self._metrics.simulated_observations.inc()
         return Observation(result.content, "simulated", elapsed, result.verdict)
 
     def _role(
@@ -434,13 +437,14 @@ class ToolActorService:
         context: EpisodeContext | None,
         seed: int,
         evidence: Evidence | None,
-    ) -> Simulated:
+    ) -> tuple[Simulated, bool]:
+        """The generation for `key`, and whether this request joined one already in flight."""
         result, joined = await self._flights.run(
             key, lambda: self._generate(key, tool, arguments, context, seed, evidence)
         )
         if joined:
             self._metrics.coalesced.inc()
-        return result
+        return result, joined
 
     async def _call_live(self, tool: Tool, arguments: dict[str, Any]) -> bytes:
         content = await self._live.call(tool, arguments)
