@@ -24,6 +24,7 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,10 +37,17 @@ from toolsim_trainer.agent import AgentLimits
 from toolsim_trainer.clients import ActorClient
 from toolsim_trainer.data import QuestionRow, load_rows, split_rows
 from toolsim_trainer.services import ServiceProcess
+from toolsim_trainer.summary import compare_runs, format_comparisons, grpo_summary
 
 log = logging.getLogger(__name__)
 
 RUNS = ("base", "sft", "grpo", "control", "grpo-live")
+COMPARISONS = (
+    ("sft", "base"),
+    ("grpo", "sft"),
+    ("grpo", "control"),
+    ("grpo-live", "grpo"),  # sim-to-real: trained on live vs simulated search, evaluated live
+)
 
 
 @dataclass
@@ -245,7 +253,11 @@ class Pipeline:
             "output_dir": str(folder / "run"),
         }
         run_dir = run_grpo(ToolsimGRPOConfig(**section))
-        return {"run_dir": str(run_dir), "adapter": str(Path(run_dir) / "final")}
+        return {
+            "run_dir": str(run_dir),
+            "adapter": str(Path(run_dir) / "final"),
+            "training": grpo_summary(run_dir),
+        }
 
     def evaluate(
         self, folder: Path, url: str, toolsets: dict[str, str], adapters: dict[str, str | None]
@@ -293,7 +305,22 @@ class Pipeline:
         summaries = summarize(paths)
         table = format_table(summaries)
         plot_comparison(summaries, self.root / "report.png")
+        comparisons = format_comparisons(compare_runs(paths, COMPARISONS))
         lines = ["# Pipeline report", "", "```", table, "```", ""]
+        lines += ["## Paired differences (same questions, bootstrap 95%)", "", "```"]
+        lines += [comparisons, "```", "", "## GRPO training", ""]
+        for run in ("grpo", "control", "grpo-live"):
+            marker = self.root / run / "done.json"
+            if marker.is_file():
+                t = json.loads(marker.read_text()).get("training", {})
+                lines.append(
+                    f"- {run}: {t.get('steps')} steps; mean reward first {t.get('window')} "
+                    f"{t.get('reward_first', math.nan):.3f}, last {t.get('window')} "
+                    f"{t.get('reward_last', math.nan):.3f}; frac_reward_zero_std "
+                    f"{t.get('frac_reward_zero_std', math.nan):.2f}; tool calls/rollout "
+                    f"{t.get('tool_calls_per_rollout', math.nan):.2f}"
+                )
+        lines += ["", "## Stage wall times", ""]
         for stage in ("split", "traces", "sft", "grpo", "control", "grpo-live", "eval"):
             marker = self.root / stage / "done.json"
             if marker.is_file():
@@ -301,6 +328,7 @@ class Pipeline:
         out = self.root / "report.md"
         out.write_text("\n".join(lines) + "\n")
         print(table)
+        print(comparisons)
         print(f"report: {out} (plot {self.root / 'report.png'})")
         return out
 

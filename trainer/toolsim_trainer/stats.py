@@ -29,3 +29,16 @@ def bootstrap_ci(
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
     return float(low), float(high)
+
+
+def paired_bootstrap_diff(
+    a: Sequence[float], b: Sequence[float], n: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over paired items (the same questions) and its percentile-bootstrap
+    interval: the questions are resampled together, so per-question difficulty cancels and
+    two runs whose own intervals overlap can still be told apart."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values need equal lengths, got {len(a)} and {len(b)}")
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    low, high = bootstrap_ci(diffs, n=n, seed=seed, level=level)
+    return sum(diffs) / len(diffs), low, high

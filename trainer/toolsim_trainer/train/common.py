@@ -37,6 +37,7 @@ from toolsim_trainer.train.commands import shipped_config as shipped_config
 from toolsim_trainer.train.layout import FINAL_DIR as FINAL_DIR
 from toolsim_trainer.train.layout import METRICS_FILE as METRICS_FILE
 from toolsim_trainer.train.layout import RESOLVED_CONFIG as RESOLVED_CONFIG
+from toolsim_trainer.train.layout import read_metrics as read_metrics
 
 C = TypeVar("C")
 
@@ -249,15 +250,6 @@ def append_metrics(run_dir: str | Path, record: Mapping[str, Any]) -> None:
     with path.open("a", encoding="utf-8") as fh:
         fh.write(line + "\n")
         fh.flush()
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Every line of a run's ``metrics.jsonl``; a missing file is an error naming the run."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a toolsim training run?")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
 
 
 class MetricsCallback(TrainerCallback):
