@@ -17,6 +17,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # one INFO line per HTTP request would bury the progress bars of traces, eval and training
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         code: int = args.func(args)
     except ValueError as exc:  # invalid settings: say how to fix them, no traceback
