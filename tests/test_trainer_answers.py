@@ -86,6 +86,10 @@ def test_f1_takes_the_max_over_golds_not_the_mean() -> None:
         (["3 November 1929", "1929"], "He died in 1929, in Warsaw", True),
         (["New York City"], "new  york city!", True),
         (["the"], "the end", False),  # a gold that normalises to nothing never matches
+        (["Paris"], '{"city":"Paris","note":"ok"}', True),  # JSON punctuation separates
+        (["U.S. Navy"], "served in the U.S. Navy.", True),
+        (["O'Neil"], "Shaquille O'Neil scored", True),
+        (["Paris"], '{"city":"Parisville"}', False),
     ],
 )
 def test_answer_in_text(golds: list[str], text: str, found: bool) -> None:

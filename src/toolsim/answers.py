@@ -57,9 +57,18 @@ def _f1(prediction: str, gold: str) -> float:
 
 
 def answer_in_text(golds: Sequence[str], text: str) -> bool:
-    """Whether any gold answer occurs in ``text`` as whole normalised tokens."""
-    haystack = f" {normalize_answer(text)} "
-    return any((needle := normalize_answer(g)) and f" {needle} " in haystack for g in golds)
+    """Whether any gold answer occurs in ``text`` as whole normalised tokens.
+
+    Unlike ``normalize_answer`` (which deletes punctuation, as the SQuAD script does for
+    answers), punctuation here separates tokens on both sides, so JSON or prose around the
+    answer never glues onto it: ``{"city":"Paris"}`` contains ``Paris``."""
+    haystack = f" {_spaced(text)} "
+    return any((needle := _spaced(g)) and f" {needle} " in haystack for g in golds)
+
+
+def _spaced(text: str) -> str:
+    spaced = "".join(" " if ch in _PUNCTUATION else ch for ch in text.lower())
+    return " ".join(_ARTICLES.sub(" ", spaced).split())
 
 
 def is_yes_no(golds: Sequence[str]) -> bool:
