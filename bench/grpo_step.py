@@ -77,7 +77,11 @@ def main() -> int:
             raise SystemExit(f"{path} does not exist: run `{how}` first (or pass it explicitly)")
     demo = yaml.safe_load(DEMO.read_text())
     corpora = [str((ROOT / c).resolve()) for c in demo["corpora"]]
-    env = {"TOOLSIM_SEARCH_CORPUS": json.dumps(corpora), **demo.get("actor_env", {})}
+    env = {
+        "TOOLSIM_SEARCH_CORPUS": json.dumps(corpora),
+        "TOOLSIM_LIVE_TOOLS": json.dumps(["search"]),
+        **demo.get("actor_env", {}),
+    }
     work = Path(tempfile.mkdtemp(prefix="grpo-step-"))
     rows: list[dict[str, Any]] = []
     for group in args.groups:

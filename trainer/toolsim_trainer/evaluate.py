@@ -27,18 +27,13 @@ import hashlib
 import json
 import logging
 import os
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
-
-import httpx
+from typing import Any, Literal
 
 from toolsim_trainer.agent import NO_TOOLS, AgentLimits, AgentResult, ToolContext, run_agent
 from toolsim_trainer.answers import answer_in_text, exact_match, f1_score
@@ -55,6 +50,7 @@ from toolsim_trainer.eval_results import (
     summarize_records,
 )
 from toolsim_trainer.policy import OpenAIPolicy, Policy, PolicyError, check_endpoint
+from toolsim_trainer.services import ServiceProcess
 
 log = logging.getLogger(__name__)
 
@@ -473,54 +469,28 @@ async def _actor(config: EvalConfig) -> AsyncIterator[ActorClient | None]:
 
 
 @contextlib.asynccontextmanager
-async def spawn_actor(corpus: Path, *, timeout_s: float = 180.0) -> AsyncIterator[str]:
+async def spawn_actor(corpus: Path) -> AsyncIterator[str]:
     """``toolsim serve toolactor`` on a free port with ``corpus`` behind its live search;
     yields its URL and stops it (by its handle) afterwards."""
-    cmd, env, url = _actor_command(corpus)
-    with tempfile.TemporaryFile() as log_file:
-        proc = await asyncio.create_subprocess_exec(
-            *cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT
-        )
-        try:
-            await _wait_healthy(url, proc, log_file, timeout_s)
-            yield url
-        finally:
-            if proc.returncode is None:
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 20)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+    actor = _corpus_actor(corpus)
+    try:
+        await asyncio.to_thread(actor.start)
+    except (RuntimeError, TimeoutError) as exc:
+        raise EvalError(f"the ToolActor for {corpus} did not start: {exc}") from None
+    try:
+        yield actor.url
+    finally:
+        await asyncio.to_thread(actor.stop)
 
 
-def _actor_command(corpus: Path) -> tuple[list[str], dict[str, str], str]:
+def _corpus_actor(corpus: Path) -> ServiceProcess:
     if not Path(corpus).is_file():
         raise ValueError(f"corpus {corpus} is not a file")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    env = {**os.environ, "TOOLSIM_SEARCH_CORPUS": json.dumps([str(Path(corpus).resolve())])}
-    cmd = [sys.executable, "-m", "toolsim", "serve", "toolactor", "--port", str(port)]
-    return cmd, env, f"http://127.0.0.1:{port}"
-
-
-async def _wait_healthy(
-    url: str, proc: asyncio.subprocess.Process, log_file: IO[bytes], timeout_s: float
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(timeout=2.0) as http:
-        while True:
-            if proc.returncode is not None:
-                log_file.seek(0)
-                tail = log_file.read()[-2000:].decode(errors="replace")
-                raise EvalError(f"the ToolActor at {url} exited ({proc.returncode}):\n{tail}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get(f"{url}/health")).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise EvalError(f"the ToolActor at {url} did not answer within {timeout_s}s")
-            await asyncio.sleep(0.25)
+    env = {  # this process exists to run `search` for real over the corpus: enable it
+        "TOOLSIM_SEARCH_CORPUS": json.dumps([str(Path(corpus).resolve())]),
+        "TOOLSIM_LIVE_TOOLS": json.dumps(["search"]),
+    }
+    return ServiceProcess("toolactor", env=env)
 
 
 # ---------------------------------------------------------------------------- command

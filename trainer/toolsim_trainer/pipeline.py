@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,9 @@ class PipelineConfig:
     seed: int = 0
     actor_env: dict[str, str] = field(default_factory=dict)
     """Extra ``TOOLSIM_*`` settings of the ToolActor started for the run."""
+    toolactor_url: str | None = None
+    """A running ToolActor to use (``http://toolactor:8001`` in docker-compose.yml's ``train``
+    profile) instead of starting one; its live ``search`` needs these ``corpora`` set there."""
 
     def __post_init__(self) -> None:
         self.eval_sets = [e if isinstance(e, EvalSet) else EvalSet(**e) for e in self.eval_sets]
@@ -104,6 +108,11 @@ class PipelineConfig:
             raise ValueError("trace_tools must be simulated or live")
         if any(e.tools == "live" for e in self.eval_sets) and not self.corpora:
             raise ValueError("live eval sets need corpora (the passages behind live search)")
+        if self.toolactor_url is not None and self.actor_env:
+            raise ValueError(
+                "actor_env configures the ToolActor started here: set it on the "
+                "one at toolactor_url instead, or leave toolactor_url out"
+            )
         AgentLimits(**self.eval_limits)  # fail now, not after training
 
     @classmethod
@@ -165,11 +174,14 @@ class Pipeline:
         cfg = self.config
         split = self.stage("split", self.split)
         print(f"   {split['train']} train / {split['val']} held-out questions", flush=True)
-        env = {"TOOLSIM_SEARCH_CORPUS": json.dumps([str(Path(c).resolve()) for c in cfg.corpora])}
+        env = {  # live BM25 `search` over the corpora: grpo-live and the live eval sets use it
+            "TOOLSIM_SEARCH_CORPUS": json.dumps([str(Path(c).resolve()) for c in cfg.corpora]),
+            "TOOLSIM_LIVE_TOOLS": json.dumps(["search"]),
+        }
         env.update(cfg.actor_env)
-        with ServiceProcess("toolactor", env=env, log_path=self.root / "toolactor.log") as actor:
-            toolsets = asyncio.run(_register_toolsets(actor.url))
-            self.stage("traces", lambda f: self.traces(f, actor.url, toolsets))
+        with self.toolactor(env) as url:
+            toolsets = asyncio.run(_register_toolsets(url))
+            self.stage("traces", lambda f: self.traces(f, url, toolsets))
             adapters: dict[str, str | None] = {"base": None}
             if "sft" in cfg.runs:
                 adapters["sft"] = self.stage("sft", self.sft)["adapter"]
@@ -180,11 +192,20 @@ class Pipeline:
             ):
                 if run in cfg.runs:
                     work = functools.partial(
-                        self.grpo, run=run, url=actor.url, toolset_id=toolsets[tools]
+                        self.grpo, run=run, url=url, toolset_id=toolsets[tools]
                     )
                     adapters[run] = self.stage(run, work)["adapter"]
-            evals = self.stage("eval", lambda f: self.evaluate(f, actor.url, toolsets, adapters))
+            evals = self.stage("eval", lambda f: self.evaluate(f, url, toolsets, adapters))
         return self.report(evals)
+
+    @contextlib.contextmanager
+    def toolactor(self, env: dict[str, str]) -> Iterator[str]:
+        """The run's ToolActor URL: ``toolactor_url`` as given, or a process started here."""
+        if self.config.toolactor_url is not None:
+            yield self.config.toolactor_url.rstrip("/")
+            return
+        with ServiceProcess("toolactor", env=env, log_path=self.root / "toolactor.log") as actor:
+            yield actor.url
 
     def traces(self, folder: Path, url: str, toolsets: dict[str, str]) -> dict[str, Any]:
         """Gold-bootstrap traces of the train split, scored, exported as the SFT set."""

@@ -11,10 +11,11 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import IO, Self
 
 import httpx
 
@@ -44,6 +45,7 @@ class ServiceProcess:
         self.log_path = log_path
         self.ready_timeout_s = ready_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -51,23 +53,37 @@ class ServiceProcess:
 
     def start(self) -> Self:
         command = [sys.executable, "-m", "toolsim", "serve", self.service, "--port", str(self.port)]
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        try:
-            self.proc = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
-        finally:
-            if self.log_path:
-                log.close()  # type: ignore[union-attr]
+        # without a log path the output goes to a temporary file, read back if start-up fails
+        self._log = open(self.log_path, "ab") if self.log_path else tempfile.TemporaryFile()  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
         self._wait_ready()
         return self
+
+    def log_tail(self, size: int = 2000) -> str:
+        """The last ``size`` bytes the process wrote (its start-up error, when it failed)."""
+        if self._log is None:
+            return ""
+        self._log.flush()
+        path = self.log_path
+        if path is not None:
+            return path.read_bytes()[-size:].decode(errors="replace")
+        self._log.seek(0)
+        return self._log.read()[-size:].decode(errors="replace")
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
         while True:
             assert self.proc is not None
             if self.proc.poll() is not None:
+                code = self.proc.returncode
+                tail = self.log_tail()
+                self.stop()
                 raise RuntimeError(
-                    f"{self.service} exited with {self.proc.returncode} before it was ready"
-                    + (f"; see {self.log_path}" if self.log_path else "")
+                    f"{self.service} exited with {code} before it was ready"
+                    + (f" (log: {self.log_path})" if self.log_path else "")
+                    + f":\n{tail}"
                 )
             try:
                 if httpx.get(f"{self.url}/ready", timeout=2.0).status_code == 200:
@@ -80,15 +96,18 @@ class ServiceProcess:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.proc = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=10)
+            self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def __enter__(self) -> Self:
         return self.start()
