@@ -26,6 +26,7 @@ import functools
 import json
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -389,5 +390,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     config = PipelineConfig.from_yaml(args.config, args.overrides)
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so the ToolActor this run started is stopped too
+    # instead of being left behind on its port; the stages resume on the next run
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     Pipeline(config).run()
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)

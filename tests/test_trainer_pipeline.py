@@ -1,0 +1,105 @@
+"""``toolsim pipeline`` end to end at toy size: split -> gold traces -> SFT -> GRPO -> eval ->
+report, with a real ToolActor process and the packaged model, then resumed from its markers.
+
+The demo (``make demo``) is this with real step counts; here every stage runs one step so the
+test checks the wiring, the held-out split and the report, not learning.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import packaged_model_dir
+from toolsim_trainer.pipeline import Pipeline, PipelineConfig
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "context"
+TINY_LORA = {"lora_r": 2, "lora_alpha": 4, "lora_target_modules": ["q_proj", "v_proj"]}
+
+pytestmark = [pytest.mark.slow, pytest.mark.train]
+
+
+def tiny_config(out: Path) -> PipelineConfig:
+    model = str(packaged_model_dir())
+    return PipelineConfig(
+        output_dir=str(out),
+        questions=[str(DATA / "hotpotqa_train.json"), str(DATA / "musique_train.json")],
+        questions_limit=2,
+        val_fraction=0.5,
+        corpora=[str(DATA / "hotpotqa_train_corpus.json")],
+        runs=["base", "sft", "grpo"],
+        eval_limits={"max_turns": 2, "max_tool_calls": 1, "max_tokens": 32},
+        eval_concurrency=2,
+        sft={
+            "model_path": model,
+            "max_steps": 1,
+            "per_device_train_batch_size": 1,
+            "max_length": 512,
+            "bf16": False,
+            "save_strategy": "no",
+            "report_to": [],
+            **TINY_LORA,
+        },
+        grpo={
+            "model_path": model,
+            "max_steps": 1,
+            "num_generations": 2,
+            "per_device_train_batch_size": 2,
+            "max_completion_length": 64,
+            "max_turns": 2,
+            "max_tool_calls": 1,
+            "tool_budget": 1,
+            "overlong_buffer": 16,
+            "bf16": False,
+            "use_cpu": True,
+            "save_strategy": "no",
+            "report_to": [],
+        },
+    )
+
+
+def test_tiny_pipeline_runs_every_stage_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    report = Pipeline(tiny_config(out)).run()
+
+    train = [json.loads(line) for line in (out / "split" / "train.jsonl").open()]
+    heldout = [json.loads(line) for line in (out / "split" / "heldout.jsonl").open()]
+    assert len(train) == len(heldout) == 2
+    traced = {json.loads(line)["question"] for line in (out / "traces" / "traces.jsonl").open()}
+    assert traced == {r["question"] for r in train}  # held-out questions are never traced
+    for stage in ("split", "traces", "sft", "grpo", "eval"):
+        assert (out / stage / "done.json").is_file(), stage
+    assert (out / "sft" / "run" / "final" / "adapter_config.json").is_file()
+    assert json.loads((out / "grpo" / "done.json").read_text())["training"]["steps"] == 1
+
+    text = report.read_text()
+    table = [line.split() for line in text.splitlines()]
+    rows = {tuple(cells[:2]) for cells in table if cells and cells[0] == "heldout"}
+    assert rows == {("heldout", "base"), ("heldout", "sft"), ("heldout", "grpo")}, text
+    assert "sft - base (n=2)" in text and "grpo - sft (n=2)" in text
+    assert "- grpo: 1 steps" in text
+    assert (out / "report.png").stat().st_size > 0
+
+    results = out / "eval" / "grpo" / "heldout.jsonl"
+    lines_before = results.read_text().count("\n")
+    # the same command again: every stage is skipped, nothing is appended twice
+    again = subprocess.run(
+        [sys.executable, "-c", RERUN, str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "== " not in again.stdout  # a stage that runs prints "== <stage>" first
+    assert results.read_text().count("\n") == lines_before
+
+
+RERUN = """
+import sys
+from pathlib import Path
+sys.path.insert(0, str(Path.cwd()))
+from tests.test_trainer_pipeline import tiny_config
+from toolsim_trainer.pipeline import Pipeline
+Pipeline(tiny_config(Path(sys.argv[1]))).run()
+"""
