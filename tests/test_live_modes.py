@@ -34,7 +34,13 @@ class Actor:
 async def actor() -> AsyncIterator[Actor]:
     backend = ScriptedBackend()
     corpus = [str(DATA / "context" / "hotpotqa_train_corpus.json")]
-    _, client, life = await start_app(backend, search_corpus=corpus)
+    _, client, life = await start_app(
+        backend,
+        search_corpus=corpus,
+        live_tools=["search", "calculator"],  # live mode is the operator's to enable
+        live_hosts=["127.0.0.1"],
+        live_allowed_networks=["127.0.0.0/8"],  # the test's endpoint is on loopback
+    )
     try:
         yield Actor(client, backend)
     finally:
@@ -150,8 +156,9 @@ async def test_live_http_endpoint_and_its_failures(actor: Actor) -> None:
         assert odd.status_code == 200 and odd.json() == {"result": 5}
     metrics = (await actor.http.get("/metrics")).text
     assert "toolsim_live_schema_mismatches_total 1.0" in metrics
-    simulated = {
+    simulated = {  # the same tool as recorded: nothing is inferred for a record-mode tool
         "tools": [WEATHER_TOOL],
+        "infer_output_schemas": False,
         "tool_calls": [tool_call("get_weather", '{"city": "Odd"}')],
     }
     r = await actor.http.post("/v1/tool_calls", json=simulated)

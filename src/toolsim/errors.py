@@ -9,7 +9,9 @@
     │   ├── ToolsetNotFoundError      404 toolset_not_found
     │   ├── ToolNotFoundError         404 tool_not_found
     │   └── EpisodeNotFoundError      404 episode_not_found
+    ├── AuthenticationError           401 invalid_api_key      (missing or unknown API key)
     ├── PayloadTooLargeError          413 payload_too_large
+    ├── RateLimitExceededError        429 rate_limit_exceeded  (the key's token bucket is empty)
     ├── BackendUnavailableError       503 backend_unavailable  (engine down or timing out)
     ├── StoreUnavailableError         503 store_unavailable    (registry's Redis down)
     ├── GenerationFailedError         502 generation_failed    (no valid observation after retries)
@@ -86,6 +88,32 @@ class ToolNotFoundError(NotFoundError):
 
 class EpisodeNotFoundError(NotFoundError):
     code = "episode_not_found"
+
+
+class AuthenticationError(ToolsimError):
+    """No API key, or one this server does not know (``TOOLSIM_API_KEYS``)."""
+
+    status_code = 401
+    code = "invalid_api_key"
+    error_type = "invalid_request_error"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="toolsim"'}
+
+
+class RateLimitExceededError(ToolsimError):
+    """The API key made more requests than its rate allows. Transient."""
+
+    status_code = 429
+    code = "rate_limit_exceeded"
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class PayloadTooLargeError(ToolsimError):

@@ -17,14 +17,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, ValidationError, best_match
+from jsonschema.exceptions import ValidationError, best_match
 from openapi_spec_validator import validate
 from openapi_spec_validator.exceptions import OpenAPIError
 from openapi_spec_validator.validation.exceptions import ValidatorDetectError
 from referencing.exceptions import Unresolvable
 
+from toolsim import schemas
 from toolsim.errors import InvalidToolDefinitionError
+from toolsim.jsonutil import canonical
 
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 MAX_DESCRIPTION_CHARS = 1024
@@ -42,10 +43,16 @@ _MAX_RECURSION = 1
 """How many times a schema may be expanded inside itself before it becomes ``{}``."""
 MAX_REF_EXPANSIONS = 512
 """Refs inlined into one schema at most: mutually recursive schemas multiply exponentially."""
+MAX_EXPANDED_BYTES = 256_000
+"""Bytes one schema may grow to as its refs are inlined (a few big refs blow up as surely as
+many small ones; a stored tool schema is at most 64 kB anyway)."""
+MAX_DOCUMENT_EXPANDED_BYTES = 16_000_000
+"""Bytes the whole import may inline: 128 tools with two 64 kB schemas each, at most."""
 _MAX_REF_HOPS = 32
 
-# OpenAPI additions to JSON Schema that 2020-12 validators do not need.
-_DROPPED = frozenset({"example", "discriminator", "xml", "externalDocs"})
+# OpenAPI additions to JSON Schema that 2020-12 validators do not need; and identifiers that
+# mean nothing once refs are inlined (a stored tool schema may not carry ``$id``).
+_DROPPED = frozenset({"example", "discriminator", "xml", "externalDocs", "$id", "$schema"})
 # Keys whose values are data, not schemas or OpenAPI objects: never scanned for $ref.
 _DATA_KEYS = frozenset({"example", "enum", "const"})
 _SUBSCHEMA = frozenset(
@@ -195,6 +202,9 @@ class _Resolver:
     def __init__(self, document: dict[str, Any]) -> None:
         self._document = document
         self._expansions = 0
+        self._bytes = 0
+        self._document_bytes = 0
+        self._sizes: dict[str, int] = {}
 
     def lookup(self, ref: str, where: str) -> Any:
         node: Any = self._document
@@ -220,6 +230,7 @@ class _Resolver:
 
     def schema(self, node: Any, where: str) -> Any:
         self._expansions = 0
+        self._bytes = len(canonical(node))
         return self._schema(node, where, ())
 
     def _schema(self, node: Any, where: str, stack: tuple[str, ...]) -> Any:
@@ -236,7 +247,9 @@ class _Resolver:
                 f"schema expands to more than {MAX_REF_EXPANSIONS} inlined $refs: simplify it",
                 param=where,
             )
-        target = self._schema(self.lookup(ref, where), where, (*stack, ref))
+        raw = self.lookup(ref, where)
+        self._count_bytes(ref, raw, where)
+        target = self._schema(raw, where, (*stack, ref))
         siblings = self._convert({k: v for k, v in node.items() if k != "$ref"}, where, stack)
         if not siblings:
             return target
@@ -244,6 +257,26 @@ class _Resolver:
         return (
             {**target, **siblings} if isinstance(target, dict) else {"allOf": [target], **siblings}
         )
+
+    def _count_bytes(self, ref: str, raw: Any, where: str) -> None:
+        """Each inlined ref adds its target's size: refuse before the copy, not after."""
+        size = self._sizes.get(ref)
+        if size is None:
+            size = self._sizes[ref] = len(canonical(raw))
+        self._bytes += size
+        self._document_bytes += size
+        if self._bytes > MAX_EXPANDED_BYTES:
+            raise InvalidToolDefinitionError(
+                f"schema expands to more than {MAX_EXPANDED_BYTES // 1000} kB as its $refs are "
+                "inlined: simplify it",
+                param=where,
+            )
+        if self._document_bytes > MAX_DOCUMENT_EXPANDED_BYTES:
+            raise InvalidToolDefinitionError(
+                f"the document expands to more than {MAX_DOCUMENT_EXPANDED_BYTES // 1_000_000} MB "
+                "as its $refs are inlined: import fewer operations at a time",
+                param=where,
+            )
 
     def _convert(self, node: dict[str, Any], where: str, stack: tuple[str, ...]) -> Any:
         out: dict[str, Any] = {}
@@ -351,12 +384,7 @@ def _check_unique_names(tools: list[ImportedTool]) -> None:
 
 
 def _check_schema(schema: dict[str, Any], where: str) -> None:
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        raise InvalidToolDefinitionError(
-            f"schema is not valid JSON Schema 2020-12: {exc.message}", param=where
-        ) from exc
+    schemas.check_untrusted(schema, where)  # what the toolset will hold: checked as such
 
 
 # --- parameters ---------------------------------------------------------------------------------

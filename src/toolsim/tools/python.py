@@ -2,14 +2,20 @@
 
 Why bubblewrap: it is the sandbox Flatpak is built on, packaged by Debian (``bubblewrap``),
 and does in one exec what hand-rolled ``unshare`` + rlimits would need a helper for: fresh
-user, PID, network, IPC and UTS namespaces, a read-only view of ``/``, and a single writable
-work directory. Inside, the code runs as ``nobody`` with no capabilities, so it cannot remount
-anything or raise its limits back.
+user, PID, network, IPC and UTS namespaces, and a file system of our choosing. Inside, the code
+runs as ``nobody`` with no capabilities, so it cannot remount anything or raise its limits back.
+
+What it sees: the system's program and library folders (``/usr`` and the ``/bin``, ``/lib``...
+links or folders), the loader cache, and the interpreter's own prefix, all read-only, on an
+empty read-only root; nothing else of the host (no ``/etc``, ``/run/secrets``, ``/var``,
+service-account tokens, home folders or the project). ``/tmp`` and the work directory are
+small private tmpfs mounts, so everything a program writes is bounded in total and gone when
+it ends; the host work directory only lends ``main.py``, read-only.
 
 Limits per run: wall time (the whole process group is killed), CPU seconds, address space
-(``RLIMIT_AS``), file size, process count, and captured output (bytes beyond the cap are
-dropped and ``truncated`` is set). ``/tmp`` is a small private tmpfs; ``/root`` and ``/home``
-are hidden except for the interpreter's own prefix.
+(``RLIMIT_AS``), file size, process count, and captured output, stdout and stderr together
+(bytes beyond the cap are dropped and ``truncated`` is set). Runs at once are capped too;
+more wait their turn.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,8 +39,10 @@ from toolsim.tools.base import LiveTool, ToolConfigurationError, function_defini
 
 MiB = 1 << 20
 MAX_STDIN_BYTES = 1 * MiB
-HIDDEN_DIRS = ("/root", "/home")
-"""Masked with an empty tmpfs: where credentials usually live on a dev box or CI runner."""
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+"""Bound read-only (or recreated as the links they are): programs and shared libraries."""
+SYSTEM_FILES = ("/etc/ld.so.cache",)
+"""Bound read-only where present: the loader finds libraries without it, only slower."""
 
 INSTALL_HINT = (
     "install bubblewrap: `apt-get install -y bubblewrap` (or run scripts/system-deps.sh); "
@@ -91,6 +100,7 @@ class PythonSandbox(LiveTool):
         output_bytes: int = 64 * 1024,
         file_bytes: int = 16 * MiB,
         max_processes: int = 64,
+        max_concurrent: int = 4,
         python: str | None = None,
         workdir_root: Path | None = None,
     ) -> None:
@@ -107,6 +117,10 @@ class PythonSandbox(LiveTool):
         # sandbox replaces with a private tmpfs (user code runs with -I: no site-packages).
         self._python = os.path.realpath(python or sys.executable)
         self._file_bytes = file_bytes
+        self.max_concurrent = max_concurrent
+        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
         self._bootstrap = _BOOTSTRAP.format(
             memory=memory_bytes,
             cpu=max(1, math.ceil(timeout_s)),
@@ -116,14 +130,28 @@ class PythonSandbox(LiveTool):
         self.definition, self.output_schema = python_interface(timeout_s, memory_bytes)
         self._check_sandbox()
 
+    @property
+    def python(self) -> str:
+        """The interpreter the sandbox runs (its prefix is bound read-only inside)."""
+        return self._python
+
     async def call(self, arguments: dict[str, Any]) -> dict[str, Any]:
-        workdir = Path(tempfile.mkdtemp(prefix="toolsim-py-", dir=self.workdir_root))
-        try:
-            (workdir / "main.py").write_text(str(arguments["code"]), encoding="utf-8")
-            stdin = (arguments.get("stdin") or "").encode("utf-8")[:MAX_STDIN_BYTES]
-            return await self._run(workdir, stdin)
-        finally:
-            _remove_tree(workdir)
+        async with self._slot():
+            workdir = Path(tempfile.mkdtemp(prefix="toolsim-py-", dir=self.workdir_root))
+            try:
+                (workdir / "main.py").write_text(str(arguments["code"]), encoding="utf-8")
+                stdin = (arguments.get("stdin") or "").encode("utf-8")[:MAX_STDIN_BYTES]
+                return await self._run(workdir, stdin)
+            finally:
+                _remove_tree(workdir)
+
+    def _slot(self) -> asyncio.Semaphore:
+        # One semaphore per event loop: an asyncio primitive belongs to the loop it waits on.
+        loop = asyncio.get_running_loop()
+        slot = self._slots.get(loop)
+        if slot is None:
+            slot = self._slots[loop] = asyncio.Semaphore(self.max_concurrent)
+        return slot
 
     def command(self, workdir: Path) -> list[str]:
         """The full ``bwrap`` command line for one run in ``workdir``."""
@@ -136,23 +164,18 @@ class PythonSandbox(LiveTool):
             "--cap-drop", "ALL",
             "--die-with-parent",
             "--new-session",
-            "--ro-bind", "/", "/",
         ]  # fmt: skip
-        for hidden in HIDDEN_DIRS:
-            if Path(hidden).is_dir():
-                args += ["--tmpfs", hidden]
-        for prefix in self._interpreter_dirs():
+        size = ["--size", str(self._file_bytes)]
+        args += _system_binds()
+        args += [*size, "--tmpfs", "/tmp"]
+        for prefix in self._interpreter_dirs():  # after /tmp: a prefix may live under it
             args += ["--ro-bind", prefix, prefix]
-        for hidden in HIDDEN_DIRS:
-            if Path(hidden).is_dir():
-                args += ["--remount-ro", hidden]
-        args += ["--size", str(self._file_bytes), "--tmpfs", "/tmp"]
-        for prefix in self._interpreter_dirs(under=("/tmp",)):
-            args += ["--ro-bind", prefix, prefix]
+        args += [*size, "--tmpfs", str(workdir)]
+        args += ["--ro-bind", str(workdir / "main.py"), str(workdir / "main.py")]
         args += [
-            "--bind", str(workdir), str(workdir),
             "--dev", "/dev",
             "--proc", "/proc",
+            "--remount-ro", "/",  # the empty root and the folders made for mount points
             "--chdir", str(workdir),
             "--clearenv",
             "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin",
@@ -177,8 +200,9 @@ class PythonSandbox(LiveTool):
         )
         assert proc.stdin and proc.stdout and proc.stderr
         feeder = asyncio.create_task(_feed(proc.stdin, stdin))
-        out = asyncio.create_task(_read_capped(proc.stdout, self.output_bytes))
-        err = asyncio.create_task(_read_capped(proc.stderr, self.output_bytes))
+        budget = _Budget(self.output_bytes)  # stdout and stderr share one cap
+        out = asyncio.create_task(_read_capped(proc.stdout, budget))
+        err = asyncio.create_task(_read_capped(proc.stderr, budget))
         timed_out = False
         try:
             await asyncio.wait_for(proc.wait(), self.timeout_s)
@@ -208,11 +232,11 @@ class PythonSandbox(LiveTool):
             "truncated": cut_out or cut_err,
         }
 
-    def _interpreter_dirs(self, under: tuple[str, ...] = HIDDEN_DIRS) -> list[str]:
-        """Prefixes the interpreter needs that live under a masked directory (pyenv in /root)."""
-        dirs = {sys.base_prefix, str(Path(self._python).parent.parent)}
-        masked = [Path(h) for h in under]
-        return sorted(d for d in dirs if any(Path(d).is_relative_to(h) for h in masked))
+    def _interpreter_dirs(self) -> list[str]:
+        """The interpreter's prefixes outside the system folders (pyenv in /root, /opt/...)."""
+        dirs = {os.path.realpath(sys.base_prefix), str(Path(self._python).parent.parent)}
+        system = [Path(os.path.realpath(d)) for d in SYSTEM_DIRS if os.path.isdir(d)]
+        return sorted(d for d in dirs if not any(Path(d).is_relative_to(s) for s in system))
 
     def _check_sandbox(self) -> None:
         """One empty run at start-up, so a host without user namespaces fails loudly now."""
@@ -240,15 +264,34 @@ async def _feed(pipe: asyncio.StreamWriter, data: bytes) -> None:
         pipe.close()
 
 
-async def _read_capped(stream: asyncio.StreamReader, limit: int) -> tuple[bytes, bool]:
-    """Keep the first ``limit`` bytes, drain (and drop) the rest so the writer never blocks."""
+def _system_binds() -> list[str]:
+    args: list[str] = []
+    for path in SYSTEM_DIRS:
+        if os.path.islink(path):  # merged /usr: /bin -> usr/bin, recreated as the same link
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    for path in SYSTEM_FILES:
+        args += ["--ro-bind-try", path, path]
+    return args
+
+
+class _Budget:
+    """Bytes of output one run may still keep, shared by its stdout and stderr readers."""
+
+    def __init__(self, limit: int) -> None:
+        self.room = limit
+
+
+async def _read_capped(stream: asyncio.StreamReader, budget: _Budget) -> tuple[bytes, bool]:
+    """Keep what the budget allows, drain (and drop) the rest so the writer never blocks."""
     kept = bytearray()
     truncated = False
     while chunk := await stream.read(64 * 1024):
-        room = limit - len(kept)
-        if room > 0:
-            kept += chunk[:room]
-        if len(chunk) > room:
+        taken = chunk[: max(budget.room, 0)]
+        kept += taken
+        budget.room -= len(taken)
+        if len(taken) < len(chunk):
             truncated = True
     return bytes(kept), truncated
 
