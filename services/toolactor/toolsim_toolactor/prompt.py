@@ -19,7 +19,44 @@ import orjson
 from toolsim.toolsets import Tool
 from toolsim_toolactor.fidelity import Evidence
 
-PROMPT_VERSION = "2"
+PROMPT_VERSION = "7"
+ROLE_TEXT = "You simulate tools: each call gets the JSON object the real tool would return."
+REPLY_TEXT = "Reply with only the JSON object the real tool would return"
+EXAMPLE_NAME = "get_tide_times"
+EXAMPLE_DESCRIPTION = "High and low tide at a port today."
+EXAMPLE_PARAMETERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {"port": {"type": "string", "description": "Port name"}},
+    "required": ["port"],
+}
+EXAMPLE_OUTPUT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "port": {"type": "string", "description": "The port asked about"},
+        "high_tide": {"type": "string", "description": "Time of high tide, HH:MM"},
+        "low_tide": {"type": "string", "description": "Time of low tide, HH:MM"},
+        "height_m": {"type": "number", "description": "Height of high tide in metres"},
+    },
+    "required": ["port", "high_tide", "low_tide", "height_m"],
+}
+EXAMPLE_ARGUMENTS: dict[str, Any] = {"port": "Brest"}
+EXAMPLE_OBSERVATION: dict[str, Any] = {
+    "port": "Brest",
+    "high_tide": "06:42",
+    "low_tide": "12:58",
+    "height_m": 6.1,
+}
+"""A worked example for a tool of no common domain: a call and a realistic observation."""
+PROMPT_TEXTS = (
+    ROLE_TEXT,
+    REPLY_TEXT,
+    "following this JSON Schema",
+    "Be realistic and specific.",
+    "Its arguments follow this JSON Schema",
+    EXAMPLE_DESCRIPTION,
+    *(str(p["description"]) for p in EXAMPLE_OUTPUT["properties"].values()),
+)
+"""The prompt's fixed texts: an observation that copies them is flagged (``quality``)."""
 MAX_PASSAGE_CHARS = 600
 MAX_GROUNDING_CHARS = 3000
 MAX_EVENT_CHARS = 500
@@ -46,25 +83,108 @@ def build_messages(
     episode: EpisodeContext | None,
     evidence: Evidence | None = None,
 ) -> list[dict[str, str]]:
-    parts: list[str] = []
+    """The chat the simulator decodes from. An evidence call keeps the layout the fidelity
+    work measured (facts, tool, schema, all in the system turn); every other call is shown
+    as a turn after a worked example for another tool."""
     if evidence is not None:
-        parts.append(_evidence_text(evidence))
-    elif episode is not None and episode.grounding:
+        return _evidence_messages(tool, arguments, episode, evidence)
+    parts: list[str] = []
+    if episode is not None and episode.grounding:
         parts.append(_grounding_text(episode.grounding))
-    parts.append(f"You simulate the tool `{tool.name}`. {tool.description}".strip())
-    if evidence is None:  # an evidence call's arguments are one query: the schema is noise
-        parts.append(f"Its arguments follow this JSON Schema: {_json(tool.parameters)}")
-    if evidence is not None and evidence.copied:  # the decoder writes the excerpts' shape
-        parts.append("Reply with only the JSON object the real tool would return.")
+    parts.append(ROLE_TEXT)
+    if episode is not None and episode.history:
+        parts.append(_history_text(episode.history))
+    example = _call_text(
+        EXAMPLE_NAME, EXAMPLE_DESCRIPTION, EXAMPLE_PARAMETERS, EXAMPLE_OUTPUT, EXAMPLE_ARGUMENTS
+    )
+    call = _call_text(tool.name, tool.description, tool.parameters, tool.output_schema, arguments)
+    return [
+        {"role": "system", "content": "\n\n".join(parts)},
+        {"role": "user", "content": example},
+        {"role": "assistant", "content": _json(EXAMPLE_OBSERVATION)},
+        {"role": "user", "content": call},
+    ]
+
+
+def _call_text(
+    name: str,
+    description: str,
+    parameters: dict[str, Any],
+    output_schema: dict[str, Any],
+    arguments: dict[str, Any],
+) -> str:
+    return "\n".join(
+        [
+            f"Tool: {name}",
+            f"About: {description}".strip(),
+            f"Call: {name}({_json(arguments)})",
+            _facts_text(arguments),
+            "Returns:",
+            *fields_text(output_schema),
+        ]
+    )
+
+
+def fields_text(schema: dict[str, Any], indent: str = "") -> list[str]:
+    """The output fields as lines, ``- name (type): description``, nested lists and objects
+    indented under their field; a schema that is not a plain object is shown as JSON."""
+    properties = schema.get("properties") if schema.get("type") == "object" else None
+    if not isinstance(properties, dict) or not properties:
+        return [f"{indent}- JSON Schema: {_json(schema)}"]
+    lines: list[str] = []
+    for name, node in properties.items():
+        node = node if isinstance(node, dict) else {}
+        lines.append(f"{indent}- {name} ({_kind(node)})" + _described(node))
+        items = node.get("items") if node.get("type") == "array" else None
+        inner = items if isinstance(items, dict) else node
+        if inner.get("type") == "object" and isinstance(inner.get("properties"), dict):
+            lines.extend(fields_text(inner, indent + "  "))
+    return lines
+
+
+def _kind(node: dict[str, Any]) -> str:
+    if "enum" in node:
+        return "one of " + ", ".join(_value_text(v) for v in node["enum"])
+    kind = node.get("type", "any")
+    if isinstance(kind, list):
+        kind = " or ".join(str(k) for k in kind)
+    if kind == "array":
+        items = node.get("items")
+        inner: dict[str, Any] = items if isinstance(items, dict) else {}
+        return f"list of {_kind(inner) if inner.get('type') != 'object' else 'objects'}"
+    return str(kind)
+
+
+def _described(node: dict[str, Any]) -> str:
+    description = node.get("description")
+    return f": {description}" if isinstance(description, str) and description else ""
+
+
+def _facts_text(arguments: dict[str, Any]) -> str:
+    """The argument values as facts the observation is about (``city is Paris``)."""
+    facts = [f"{name} is {_value_text(value)}" for name, value in arguments.items()]
+    return f"Facts: {'; '.join(facts)}." if facts else "Facts: none."
+
+
+def _value_text(value: Any) -> str:
+    return value if isinstance(value, str) else _json(value)
+
+
+def _evidence_messages(
+    tool: Tool, arguments: dict[str, Any], episode: EpisodeContext | None, evidence: Evidence
+) -> list[dict[str, str]]:
+    parts = [_evidence_text(evidence), f"You simulate the tool `{tool.name}`. {tool.description}"]
+    if evidence.copied:  # the decoder writes the excerpts' shape
+        parts.append(f"{REPLY_TEXT}.")
     else:
         parts.append(
-            "Reply with only the JSON object the real tool would return, following this JSON "
+            f"{REPLY_TEXT}, following this JSON "
             f"Schema: {_json(tool.output_schema)}. Be realistic and specific."
         )
     if episode is not None and episode.history:
         parts.append(_history_text(episode.history))
     return [
-        {"role": "system", "content": "\n\n".join(parts)},
+        {"role": "system", "content": "\n\n".join(p.strip() for p in parts)},
         {"role": "user", "content": f"{tool.name}({_json(arguments)})"},
     ]
 

@@ -3,7 +3,8 @@
 A generation that ends by length, is not JSON, or breaks the output schema is retried with
 a new seed, up to ``max_attempts`` generations; then ``GenerationFailedError``. A
 schema-valid generation then meets the call's gates (``checks.py``: ``fidelity`` for an
-evidence call of a grounded episode, and any gate the simulator is built with): one that
+evidence call of a grounded episode, the gates the simulator is built with, ``quality``, for
+every other call): one that
 fails is retried the same way, and when the attempts run out the last schema-valid one is
 returned with a ``Verdict`` naming the gates it fails. What this returns has always passed
 the output schema; the caller caches it by its verdict.
@@ -52,6 +53,7 @@ class Simulator:
         *,
         temperature: float,
         max_tokens: int,
+        presence_penalty: float = 0.0,
         max_attempts: int,
         timeout_s: float,
         max_concurrent: int,
@@ -60,12 +62,13 @@ class Simulator:
         self._backend = backend
         self._metrics = metrics
         self._temperature = temperature
+        self._presence_penalty = presence_penalty
         self._max_tokens = max_tokens
         self._max_attempts = max_attempts
         self._timeout_s = timeout_s
         self._slots = asyncio.Semaphore(max_concurrent)
         self._gates = gates
-        """Gates every call meets (the evidence gate is added per call)."""
+        """Gates every call without evidence meets (``quality``)."""
 
     async def simulate(
         self,
@@ -92,6 +95,8 @@ class Simulator:
                 seed=(seed + attempt * SEED_STRIDE) % 2**31,
                 temperature=self._temperature,
                 max_tokens=self._max_tokens,
+                # an evidence call keeps the decoding the fidelity bench measured
+                presence_penalty=self._presence_penalty if evidence is None else 0.0,
             )
             text, finish = await self._generate(request)
             value, reason = self._parse(tool, text, finish)
@@ -129,7 +134,10 @@ class Simulator:
         return result
 
     def gates_for(self, evidence: Evidence | None) -> tuple[Gate, ...]:
-        return self._gates if evidence is None else (evidence.gate, *self._gates)
+        """An evidence call meets its ``fidelity`` gate instead of the simulator's: its text is
+        the grounding's own excerpts, real prose the plausibility rules are not written for
+        (it repeats names, and an uninformative excerpt need not restate the query)."""
+        return self._gates if evidence is None else (evidence.gate,)
 
     def _judge(
         self, gates: tuple[Gate, ...], tool: Tool, arguments: dict[str, Any], value: Any

@@ -23,6 +23,9 @@ class GenerationRequest:
     seed: int = 0
     temperature: float = 0.7
     max_tokens: int = 256
+    presence_penalty: float = 0.0
+    """Subtracted from the logit of every token the completion already holds (OpenAI's
+    ``presence_penalty``): discourages writing the same value twice."""
     choices: list[str] | None = field(default=None)
     """When set, the output must be exactly one of these strings (choice-constrained)."""
     prompt_ids: list[int] | None = field(default=None)

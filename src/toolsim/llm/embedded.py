@@ -95,6 +95,8 @@ class _Row:
     generator: torch.Generator | None
     temperature: float
     tokens: list[int] = field(default_factory=list)
+    penalty: float = 0.0
+    """Presence penalty: subtracted from the logits of the tokens in ``tokens``."""
 
 
 class EmbeddedBackend(LLMBackend):
@@ -473,7 +475,8 @@ class EmbeddedBackend(LLMBackend):
         if temperature > 0:
             generator = torch.Generator()
             generator.manual_seed(int(job.request.seed))
-        return _Row(job=job, matcher=matcher, generator=generator, temperature=temperature)
+        penalty = float(job.request.presence_penalty)
+        return _Row(job, matcher, generator, temperature, penalty=penalty)
 
     def _merge(
         self,
@@ -518,6 +521,9 @@ class EmbeddedBackend(LLMBackend):
         """Sample one token per row, retire finished rows, run one forward pass."""
         rows = self._rows
         logits = self._logits
+        for i, row in enumerate(rows):
+            if row.penalty and row.tokens:
+                logits[i, torch.tensor(sorted(set(row.tokens)))] -= row.penalty
         constrained = [i for i, r in enumerate(rows) if r.matcher is not None]
         if constrained:
             xgr.apply_token_bitmask_inplace(logits, self._bitmask, indices=constrained)

@@ -97,6 +97,8 @@ def _payload(model: str, request: GenerationRequest) -> dict[str, Any]:
         "temperature": request.temperature,
         "max_tokens": request.max_tokens,
     }
+    if request.presence_penalty:
+        payload["presence_penalty"] = request.presence_penalty
     if request.json_schema is not None:
         payload["response_format"] = {
             "type": "json_schema",
