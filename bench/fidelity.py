@@ -211,6 +211,7 @@ async def run(args: argparse.Namespace) -> None:
         vllm_url=args.vllm_url,
         embedded_threads=args.threads,
         search_corpus=corpora,
+        live_tools=["search"],
         llm_timeout_s=600,
     )
     app = create_app(settings)

@@ -33,6 +33,7 @@ class Actor:
             json={
                 "tools": [WEATHER_TOOL, SEARCH_TOOL],
                 "output_schemas": {"get_weather": WEATHER_OUTPUT},
+                "infer_output_schemas": False,  # search keeps the fallback {"result"}
             },
         )
         assert r.status_code == 201, r.text

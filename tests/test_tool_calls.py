@@ -36,7 +36,7 @@ async def test_tool_call_returns_tool_message_valid_against_output_schema(
     assert data["observations"][0]["latency_ms"] >= 0
     # the simulator prompt names the tool and carries the arguments
     prompt = backend.calls[0].messages
-    assert "get_weather" in prompt[0]["content"] and '"city":"Oslo"' in prompt[1]["content"]
+    assert "get_weather" in prompt[-1]["content"] and '"city":"Oslo"' in prompt[-1]["content"]
     assert backend.calls[0].json_schema == WEATHER_OUTPUT
 
 
@@ -125,15 +125,18 @@ async def test_one_bad_generation_then_success(actor: AppClient, backend: Script
 async def test_tool_without_output_schema_gets_default(
     actor: AppClient, backend: ScriptedBackend
 ) -> None:
+    """With inference off the tool gets the fallback schema (inference: test_schema_inference)."""
     r = await actor.http.post(
         "/v1/tool_calls",
         json={
             "tools": [WEATHER_TOOL],
+            "infer_output_schemas": False,
             "tool_calls": [tool_call("get_weather", '{"city": "Oslo"}')],
         },
     )
     assert r.status_code == 200
     assert set(orjson.loads(r.json()["messages"][0]["content"])) == {"result"}
+    assert backend.inferences == []
 
 
 async def test_openai_sdk_messages_append_unchanged(actor: AppClient) -> None:

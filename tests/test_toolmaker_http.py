@@ -110,7 +110,7 @@ def _generations(metrics: str) -> float:
 )
 async def test_python_tool_bad_programs_are_bounded_tool_errors(code: str, check: Any) -> None:
     python, python_out = utility_definitions(["python"])["python"]
-    _, client, life = await start_app(ScriptedBackend())
+    _, client, life = await start_app(ScriptedBackend(), live_tools=["python"])
     try:
         started = time.monotonic()
         r = await client.post(

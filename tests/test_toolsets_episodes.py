@@ -35,7 +35,8 @@ async def test_toolset_ids_are_content_addressed(actor: AppClient) -> None:
     got = (await actor.http.get(f"/v1/toolsets/{a['id']}")).json()
     assert got["tools"][0]["function"]["name"] == "get_weather"
     assert got["output_schemas"]["get_weather"] == WEATHER_OUTPUT
-    assert set(got["output_schemas"]["search"]["properties"]) == {"result"}  # the default
+    assert got["inferred_output_schemas"] == ["search"]  # it came without one
+    assert got["output_schemas"]["search"] != DEFAULT_OUTPUT_SCHEMA
 
 
 async def test_toolset_id_calls_and_inline_calls_share_the_cache(
@@ -176,7 +177,8 @@ async def test_grounding_reaches_the_prompt_the_key_and_the_observation(
 async def test_an_evidence_call_its_schema_fixes_whole_never_reaches_the_backend(
     actor: AppClient, backend: ScriptedBackend
 ) -> None:
-    ts = await register(actor)  # search returns {"result": string}: the excerpt is all of it
+    # search returns {"result": string}: the excerpt is all of it
+    ts = await register(actor, infer_output_schemas=False)
     grounded, _ = await grounded_and_plain(actor, ts)
     body = {
         "toolset_id": ts["id"],

@@ -112,7 +112,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def actor_url(files: dict[str, Path]) -> Iterator[str]:
     """A real ToolActor (uvicorn, free port) with live BM25 search over the toy corpus."""
-    settings = ActorSettings(search_corpus=[files["corpus"]])
+    settings = ActorSettings(search_corpus=[files["corpus"]], live_tools=["search"])
     with ThreadedServer(create_app(settings, backend=ScriptedBackend())) as server:
         yield server.url
 
@@ -257,7 +257,7 @@ async def test_unreachable_toolactor_fails_questions_then_rerun_resumes(
 async def test_actor_going_down_mid_run_fails_only_the_questions_it_hits(
     files: dict[str, Path], tmp_path: Path
 ) -> None:
-    settings = ActorSettings(search_corpus=[files["corpus"]])
+    settings = ActorSettings(search_corpus=[files["corpus"]], live_tools=["search"])
     out = tmp_path / "r.jsonl"
     server = ThreadedServer(create_app(settings, backend=ScriptedBackend()))
 

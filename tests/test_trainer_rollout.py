@@ -72,7 +72,9 @@ class ActorServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ActorServer:
-        app = create_app(ActorSettings(search_corpus=[CORPUS]), backend=ScriptedBackend())
+        app = create_app(
+            ActorSettings(search_corpus=[CORPUS], live_tools=["search"]), backend=ScriptedBackend()
+        )
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from toolsim.model import MODEL_DIRNAME
@@ -55,6 +55,12 @@ class CommonSettings(BaseSettings):
     """Prefix of every Redis key toolsim writes."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the service."""
+    api_keys: SecretStr | None = None
+    """Comma-separated keys callers send as ``Authorization: Bearer KEY``; unset: open."""
+    rate_limit_rps: float | None = Field(default=None, gt=0)
+    """Requests per second each API key may make (token bucket; shared through Redis)."""
+    rate_limit_burst: int | None = Field(default=None, ge=1)
+    """Requests a key may make at once before its rate applies (default: the rate, >= 1)."""
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -65,6 +71,10 @@ class CommonSettings(BaseSettings):
                 f"TOOLSIM_REDIS_URL={self.redis_url!r} is not a Redis URL; "
                 "use redis://host:port/db (or unset it for the in-memory default)"
             )
+        if self.rate_limit_rps is not None and self.api_keys is None:
+            raise ValueError("TOOLSIM_RATE_LIMIT_RPS limits each API key: set TOOLSIM_API_KEYS too")
+        if self.api_keys is not None and not self.api_keys.get_secret_value().strip(" ,"):
+            raise ValueError("TOOLSIM_API_KEYS is empty: list keys (a,b) or unset it")
         if self.backend == "vllm" and not self.vllm_url.startswith(("http://", "https://")):
             raise ValueError(
                 f"TOOLSIM_VLLM_URL={self.vllm_url!r} must be an http(s) URL ending in /v1"

@@ -8,16 +8,17 @@ the compiled argument validators are kept on the ``Tool`` objects for the hot pa
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, ValidationError
+from jsonschema.exceptions import ValidationError
 
+from toolsim import schemas
 from toolsim.errors import InvalidArgumentsError, InvalidToolDefinitionError
-from toolsim.jsonutil import canonical, digest
+from toolsim.jsonutil import digest
 
 TOOL_MODES = ("simulated", "live", "record")
 """How the ToolActor answers a tool: the LLM; the real tool; the real tool, stored in the cache
@@ -29,16 +30,13 @@ MAX_DESCRIPTION_CHARS = 4096
 DEFAULT_OUTPUT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "result": {
-            "type": "string",
-            "description": "What the tool returned, as the real tool would phrase it.",
-            "maxLength": 600,
-        }
+        "result": {"type": "string", "minLength": 1, "maxLength": 600},
     },
     "required": ["result"],
     "additionalProperties": False,
 }
-"""Output schema for a tool registered without one: ``{"result": "<text>"}``."""
+"""Output schema of a tool without one whose schema was not inferred (inference off, or it
+failed): ``{"result": "<text>"}``. No description: a small model copies prose it is shown."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +106,8 @@ class Toolset:
     tools: dict[str, Tool]
     faults: dict[str, Any] | None = None
     """The toolset's fault-injection policy, as given (the ToolActor validates it)."""
+    inferred: tuple[str, ...] = ()
+    """Tools whose output schema was inferred (``toolsim.schema_inference``), not given."""
 
     def definitions(self) -> list[dict[str, Any]]:
         return [tool.definition for tool in self.tools.values()]
@@ -140,6 +140,7 @@ class Toolset:
             **({"live_endpoints": self.live_endpoints()} if self.live_endpoints() else {}),
             **({"retrieval": self.retrieval()} if self.retrieval() else {}),
             **({"faults": self.faults} if self.faults is not None else {}),
+            **({"inferred_output_schemas": list(self.inferred)} if self.inferred else {}),
         }
 
 
@@ -171,11 +172,13 @@ def build_toolset(
     live_endpoints: Mapping[str, str] | None = None,
     retrieval: Mapping[str, bool] | None = None,
     faults: Mapping[str, Any] | None = None,
+    inferred: Sequence[str] = (),
 ) -> Toolset:
     """Validate raw definitions into a ``Toolset``; raises ``InvalidToolDefinitionError``.
 
     ``retrieval`` marks tools whose grounded observations must carry evidence; ``faults`` is
-    a fault-injection policy kept as given (its meaning is the ToolActor's)."""
+    a fault-injection policy kept as given (its meaning is the ToolActor's); ``inferred``
+    names the tools whose schema in ``output_schemas`` was inferred (part of the id)."""
     output_schemas = dict(output_schemas or {})
     stateful = dict(stateful or {})
     retrieval = dict(retrieval or {})
@@ -201,6 +204,13 @@ def build_toolset(
         (execution["modes"], "modes"),
         (execution["live_endpoints"], "live_endpoints"),
     )
+    marked_inferred = sorted(set(inferred))
+    unmarked = sorted(n for n in marked_inferred if n not in output_schemas)
+    if unmarked:
+        raise InvalidToolDefinitionError(
+            f"inferred_output_schemas names tools without an output schema: {unmarked}",
+            param="inferred_output_schemas",
+        )
     for mapping, label in mappings:
         unknown = sorted(set(mapping) - set(built))
         if unknown:
@@ -222,9 +232,9 @@ def build_toolset(
         record_schemas,
         record_stateful,
         used if any(used.values()) else None,
-        {"retrieval": marks, "faults": policy},
+        {"retrieval": marks, "faults": policy, "inferred": marked_inferred},
     )
-    return Toolset(id=tid, tools=built, faults=policy)
+    return Toolset(id=tid, tools=built, faults=policy, inferred=tuple(marked_inferred))
 
 
 def toolset_from_record(record: Mapping[str, Any]) -> Toolset:
@@ -236,6 +246,7 @@ def toolset_from_record(record: Mapping[str, Any]) -> Toolset:
         record.get("live_endpoints"),
         record.get("retrieval"),
         record.get("faults"),
+        record.get("inferred_output_schemas") or (),
     )
 
 
@@ -287,8 +298,8 @@ def _build_tool(
         endpoint=endpoint,
         retrieval=marked,
         digest=digest({"d": clean, "o": output_schema, "s": is_stateful}),
-        validator=Draft202012Validator(parameters),
-        output_validator=Draft202012Validator(output_schema),
+        validator=schemas.validator(parameters),
+        output_validator=schemas.validator(output_schema),
     )
 
 
@@ -311,22 +322,18 @@ def _execution(name: str, execution: Mapping[str, Mapping[str, str]]) -> tuple[s
 def _check_schema(schema: Any, param: str, *, require_object: bool) -> None:
     if not isinstance(schema, dict):
         raise InvalidToolDefinitionError("a JSON Schema must be an object", param=param)
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        raise InvalidToolDefinitionError(
-            f"not a valid JSON Schema: {exc.message}", param=param
-        ) from exc
+    schemas.check_untrusted(schema, param)  # nothing fetched, RE2 patterns, bounded size
     if require_object and schema.get("type") != "object":
         raise InvalidToolDefinitionError(
             'function parameters must be a JSON Schema of "type": "object"', param=param
         )
-    if len(canonical(schema)) > 64_000:
-        raise InvalidToolDefinitionError("schema larger than 64 kB", param=param)
 
 
 def _first_error(validator: Draft202012Validator, value: Any) -> ValidationError | None:
-    return next(iter(validator.iter_errors(value)), None)
+    try:
+        return next(iter(validator.iter_errors(value)), None)
+    except RecursionError as exc:  # a recursive schema and arguments nested past the stack
+        raise InvalidArgumentsError("arguments are nested too deeply to validate") from exc
 
 
 def _field_path(error: ValidationError) -> str:

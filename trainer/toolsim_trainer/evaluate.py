@@ -373,8 +373,8 @@ def _toolset_hint(config: EvalConfig, exc: ServiceError) -> str:
     hint = ""
     if config.tools == "live":
         hint = (
-            "; start the ToolActor with TOOLSIM_SEARCH_CORPUS='[\"<corpus.json>\"]', or pass "
-            "--corpus to let eval start one"
+            "; start the ToolActor with TOOLSIM_SEARCH_CORPUS='[\"<corpus.json>\"]' and "
+            "TOOLSIM_LIVE_TOOLS='[\"search\"]', or pass --corpus to let eval start one"
         )
     what = f"toolset {config.toolset_id}" if config.toolset_id else "the search toolset"
     return f"the ToolActor refused {what}: {exc}{hint}"

@@ -10,15 +10,20 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from toolsim import __version__
+from toolsim.access import AccessControl, build_guard
 from toolsim.http import NO_OTEL, MetricsMiddleware, install_error_handlers
 from toolsim.llm.base import LLMBackend
 from toolsim.llm.factory import build_backend
 from toolsim.registry import MemoryRegistry, RedisRegistry, Registry, redis_client
+from toolsim.schema_inference import OutputSchemaInferrer
 from toolsim_toolactor.cache import MemoryCache, ObservationCache, RedisCache
 from toolsim_toolactor.config import ActorSettings
+from toolsim_toolactor.egress import Egress
 from toolsim_toolactor.live import LiveExecutor
 from toolsim_toolactor.mcp import MCPFace, mcp_routes
 from toolsim_toolactor.metrics import ActorMetrics
+from toolsim_toolactor.prompt import PROMPT_TEXTS
+from toolsim_toolactor.quality import quality_gate
 from toolsim_toolactor.routes import episodes, system, tool_calls, toolsets
 from toolsim_toolactor.routes.tool_calls import ToolCallsEndpoint
 from toolsim_toolactor.serving import ToolActorService
@@ -37,9 +42,12 @@ def create_app(
     settings = settings or ActorSettings()
     metrics = ActorMetrics()
     mcp_face = MCPFace(max_body_bytes=settings.max_body_bytes)
+    guard = build_guard(settings, metrics.registry)  # None: no API keys, nothing to check
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        live = _live(settings)
+        await live.start()  # a python tool that cannot run fails start-up, not its first call
         redis_client = _redis(settings)
         llm = backend or build_backend(settings)
         obs_cache = cache or _cache(settings, redis_client, metrics)
@@ -55,15 +63,23 @@ def create_app(
             metrics,
             temperature=settings.temperature,
             max_tokens=settings.max_tokens,
+            presence_penalty=settings.presence_penalty,
             max_attempts=settings.max_generation_attempts,
             timeout_s=settings.llm_timeout_s,
             max_concurrent=settings.max_concurrent_generations,
+            gates=(quality_gate(PROMPT_TEXTS),),
         )
-        live = LiveExecutor(search_corpus=settings.search_corpus, timeout_s=settings.live_timeout_s)
+        inferrer = OutputSchemaInferrer(
+            llm,
+            store=obs_cache,
+            attempts=settings.max_generation_attempts,
+            on_outcome=lambda outcome: metrics.schema_inferences.labels(outcome).inc(),
+        )
         service = ToolActorService(
             registry=reg,
             cache=obs_cache,
             simulator=simulator,
+            inferrer=inferrer,
             live=live,
             metrics=metrics,
             model_name=llm.model_name,
@@ -77,6 +93,8 @@ def create_app(
         finally:
             await llm.aclose()
             await live.aclose()
+            if guard is not None:
+                await guard.aclose()
             await obs_cache.aclose()
             if redis_client is not None:
                 await redis_client.aclose()
@@ -93,9 +111,24 @@ def create_app(
         app.include_router(module.router)
     app.routes.extend(mcp_routes(mcp_face))  # /v1/toolsets/{toolset_id}/mcp
     app.add_middleware(MetricsMiddleware, observe=metrics.observe_request)
+    app.state.guard = guard  # ToolCallsEndpoint guards the hot path itself
     # Outermost: the hot path skips everything FastAPI adds (see routes/tool_calls.py).
     app.add_middleware(ToolCallsEndpoint, fastapi_app=app)
+    if guard is not None:
+        app.add_middleware(AccessControl, guard=guard, skip=ToolCallsEndpoint.handles)
     return app
+
+
+def _live(settings: ActorSettings) -> LiveExecutor:
+    egress = Egress(
+        hosts=settings.live_hosts,
+        allowed_networks=settings.live_allowed_networks,
+        max_response_bytes=settings.live_max_response_bytes,
+        timeout_s=settings.live_timeout_s,
+    )
+    return LiveExecutor(
+        live_tools=settings.live_tools, search_corpus=settings.search_corpus, egress=egress
+    )
 
 
 def _redis(settings: ActorSettings) -> aioredis.Redis | None:

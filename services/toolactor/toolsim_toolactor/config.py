@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, IPvAnyNetwork, model_validator
 
 from toolsim.config import CommonSettings
+
+UtilityTool = Literal["search", "calculator", "python"]
 
 
 class ActorSettings(CommonSettings):
@@ -24,6 +27,9 @@ class ActorSettings(CommonSettings):
     """How long an episode and its history live after creation."""
     temperature: float = Field(default=0.7, ge=0, le=2)
     """Sampling temperature of the simulator."""
+    presence_penalty: float = Field(default=1.0, ge=0, le=2)
+    """Penalty on tokens an observation already holds: SmolLM2-135M otherwise writes one
+    value into several fields (``bench/quality.py``)."""
     max_tokens: int = Field(default=384, ge=16, le=4096)
     """Longest observation, in tokens; a longer one is regenerated."""
     max_generation_attempts: int = Field(default=3, ge=1, le=10)
@@ -36,5 +42,24 @@ class ActorSettings(CommonSettings):
     """Passage files (JSON/JSONL) behind the live ``search`` tool, as a JSON list of paths."""
     live_timeout_s: float = Field(default=30.0, gt=0)
     """Longest wait for a real tool endpoint in ``live``/``record`` mode."""
+    live_tools: list[UtilityTool] = Field(default_factory=list)
+    """Utility tools that may run for real (``live``/``record``); none unless listed."""
+    live_hosts: list[str] = Field(default_factory=list)
+    """Hosts ``live_endpoints`` may name (``api.example.com``, ``*.example.com``); none unless
+    listed."""
+    live_allowed_networks: list[IPvAnyNetwork] = Field(default_factory=list)
+    """Non-public networks live endpoints may resolve to (loopback, private, link-local and
+    metadata addresses are refused otherwise), e.g. ``["10.0.5.0/24"]``."""
+    live_max_response_bytes: int = Field(default=1_048_576, ge=1024)
+    """Largest answer read from a live endpoint (then 502)."""
     max_concurrent_generations: int = Field(default=64, ge=1)
     """Generations in flight at once; more wait (the backend batches what is in flight)."""
+
+    @model_validator(mode="after")
+    def _check_live(self) -> Self:
+        if "search" in self.live_tools and not self.search_corpus:
+            raise ValueError(
+                "TOOLSIM_LIVE_TOOLS enables search, which needs passages: set "
+                "TOOLSIM_SEARCH_CORPUS='[\"corpus.json\"]'"
+            )
+        return self

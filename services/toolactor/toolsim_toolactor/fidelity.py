@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
-from jsonschema import Draft202012Validator
+from referencing.exceptions import Unresolvable
 
+from toolsim import schemas
 from toolsim.answers import answer_in_text, f1_score, is_yes_no, normalize_answer
 from toolsim.toolsets import Tool
 from toolsim_toolactor.checks import CheckInput, Gate
@@ -366,7 +367,12 @@ def _fixed_item(item: dict[str, Any], slot: CopySlot, passage: Passage) -> dict[
 
 
 def _fits(node: dict[str, Any], text: str) -> bool:
-    return Draft202012Validator(node).is_valid(text)
+    # the caller's schema: its patterns run on RE2 (passages are long), and a ref that only
+    # resolves from the root means "cannot tell", so the slot is not filled
+    try:
+        return schemas.validator(node).is_valid(text)
+    except Unresolvable:
+        return False
 
 
 def generation_schema(schema: dict[str, Any], items: int) -> dict[str, Any]:

@@ -81,6 +81,12 @@ class ActorMetrics:
             "Observations their decoding schema fixed whole, built without the backend",
             registry=r,
         )
+        self.schema_inferences = Counter(
+            "toolsim_output_schema_inferences",
+            "Output schemas of tools that came without one: inferred, cached, fallback",
+            ["outcome"],
+            registry=r,
+        )
         self.faults = Counter(
             "toolsim_faults", "Faults injected by a fault policy", ["kind"], registry=r
         )

@@ -127,6 +127,9 @@ class ToolCallsRequest(_Model):
     from the tool's name and parameters)."""
     faults: FaultPolicy | None = None
     """Fault injection for these tools (inline tools only)."""
+    infer_output_schemas: bool | None = None
+    """Infer an output schema for each inline tool without one (default true; false: the
+    fallback ``{"result"}`` schema). Inferred once per tool, then remembered."""
     tool_calls: list[ToolCall] = Field(min_length=1, max_length=128)
     episode_id: str | None = None
     seed: int | None = None
@@ -142,11 +145,13 @@ class ToolCallsRequest(_Model):
             self.live_endpoints,
             self.retrieval,
             self.faults,
+            self.infer_output_schemas,
         )
         if self.toolset_id is not None and any(v is not None for v in inline_only):
             raise ValueError(
-                "'output_schemas', 'stateful', 'modes', 'live_endpoints', 'retrieval' and "
-                "'faults' go with inline 'tools' only (register a toolset to name them once)"
+                "'output_schemas', 'stateful', 'modes', 'live_endpoints', 'retrieval', "
+                "'faults' and 'infer_output_schemas' go with inline 'tools' only (register a "
+                "toolset to name them once)"
             )
         return self
 
@@ -194,6 +199,9 @@ class ToolsetCreate(_Model):
     """Tools whose grounded observations carry evidence (True) or never do (False)."""
     faults: FaultPolicy | None = None
     """Fault injection for every call of this toolset (an episode's policy replaces it)."""
+    infer_output_schemas: bool = True
+    """Infer an output schema for each simulated tool without one, stored with the toolset
+    (listed in ``inferred_output_schemas``); false: such tools get the fallback schema."""
 
 
 class ToolsetOut(BaseModel):
@@ -201,6 +209,8 @@ class ToolsetOut(BaseModel):
     tools: list[dict[str, Any]]
     output_schemas: dict[str, JSONSchema]
     stateful: dict[str, bool]
+    inferred_output_schemas: list[str] | None = None
+    """Tools whose output schema was inferred rather than given (absent: none)."""
 
 
 class Passage(_Model):

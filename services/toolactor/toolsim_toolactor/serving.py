@@ -16,6 +16,7 @@ import dataclasses
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from toolsim.errors import (
 )
 from toolsim.jsonutil import digest, dumps
 from toolsim.registry import Registry
+from toolsim.schema_inference import OutputSchemaInferrer
 from toolsim.singleflight import SingleFlight
 from toolsim.toolsets import Tool, Toolset, build_toolset, toolset_from_record
 from toolsim_toolactor import faults
@@ -40,6 +42,7 @@ from toolsim_toolactor.live import LiveExecutor
 from toolsim_toolactor.metrics import ActorMetrics
 from toolsim_toolactor.prompt import PROMPT_VERSION, EpisodeContext
 from toolsim_toolactor.protocol import EpisodeCreate, FaultPolicy, Source, ToolCallsRequest
+from toolsim_toolactor.quality import QUALITY_VERSION
 from toolsim_toolactor.simulator import Simulated, Simulator
 
 RECORD_VERSION = "rec1"
@@ -85,6 +88,7 @@ class ToolActorService:
         registry: Registry,
         cache: ObservationCache,
         simulator: Simulator,
+        inferrer: OutputSchemaInferrer,
         live: LiveExecutor,
         metrics: ActorMetrics,
         model_name: str,
@@ -94,6 +98,7 @@ class ToolActorService:
         self._registry = registry
         self._cache = cache
         self._simulator = simulator
+        self._inferrer = inferrer
         self._live = live
         self._metrics = metrics
         self._model_name = model_name
@@ -116,9 +121,17 @@ class ToolActorService:
         live_endpoints: dict[str, str] | None = None,
         retrieval: dict[str, bool] | None = None,
         fault_policy: FaultPolicy | None = None,
+        infer_output_schemas: bool = True,
     ) -> Toolset:
-        toolset = build_toolset(
-            tools, output_schemas, stateful, modes, live_endpoints, retrieval, _dump(fault_policy)
+        toolset = await self._build(
+            infer_output_schemas,
+            tools,
+            output_schemas,
+            stateful,
+            modes,
+            live_endpoints,
+            retrieval,
+            _dump(fault_policy),
         )
         _check_fault_tools(toolset, fault_policy, "faults.tools")
         self._live.check(toolset)
@@ -137,8 +150,10 @@ class ToolActorService:
         self._remember(toolset)
         return toolset
 
-    def inline_toolset(self, request: ToolCallsRequest) -> Toolset:
-        """Validate inline tools once; later requests with the same tools reuse the result."""
+    async def inline_toolset(self, request: ToolCallsRequest) -> Toolset:
+        """Validate inline tools once; later requests with the same tools reuse the result.
+        A tool without an output schema gets an inferred one, itself remembered by the tool's
+        definition (so the same tool in another inline set is not inferred again)."""
         # The memo key is the raw JSON, unsorted: cheaper than a canonical digest, and a
         # differently ordered copy only costs one more validation, not a wrong answer.
         key = dumps(
@@ -150,12 +165,14 @@ class ToolActorService:
                 request.live_endpoints,
                 request.retrieval,
                 _dump(request.faults),
+                request.infer_output_schemas,
             )
         )
         toolset_id = self._inline_ids.get(key)
         if toolset_id is not None and toolset_id in self._toolsets:
             return self._toolsets[toolset_id]
-        toolset = build_toolset(
+        toolset = await self._build(
+            request.infer_output_schemas is not False,
             request.tools or [],
             request.output_schemas,
             request.stateful,
@@ -170,6 +187,28 @@ class ToolActorService:
         self._inline_ids[key] = toolset.id
         _trim(self._inline_ids)
         return toolset
+
+    async def _build(
+        self,
+        infer: bool,
+        tools: list[dict[str, Any]],
+        output_schemas: dict[str, Any] | None,
+        stateful: dict[str, bool] | None,
+        modes: Mapping[str, str] | None,
+        live_endpoints: dict[str, str] | None,
+        retrieval: dict[str, bool] | None,
+        fault_policy: dict[str, Any] | None,
+    ) -> Toolset:
+        """Validate (a bad definition costs no generation), then infer the missing output
+        schemas of simulated tools and build the toolset that carries them."""
+        args = (stateful, modes, live_endpoints, retrieval, fault_policy)
+        toolset = build_toolset(tools, output_schemas, *args)
+        if not infer:
+            return toolset
+        schemas = await self._inferrer.complete(tools, output_schemas, skip=_not_simulated(modes))
+        if not schemas.inferred:
+            return toolset
+        return build_toolset(tools, schemas.output_schemas, *args, schemas.inferred)
 
     def _remember(self, toolset: Toolset) -> None:
         self._toolsets[toolset.id] = toolset
@@ -205,7 +244,7 @@ class ToolActorService:
         if request.toolset_id is not None:
             toolset = await self.get_toolset(request.toolset_id)
         else:
-            toolset = self.inline_toolset(request)
+            toolset = await self.inline_toolset(request)
         calls = [
             (
                 _tool(toolset, call.function.name, f"tool_calls[{i}].function.name"),
@@ -377,6 +416,7 @@ class ToolActorService:
         key = digest(
             {
                 "v": PROMPT_VERSION,
+                "q": QUALITY_VERSION,
                 "m": self._model_name,
                 "t": tool.digest,
                 "a": arguments,
@@ -507,6 +547,11 @@ def _check_fault_tools(toolset: Toolset, policy: FaultPolicy | None, param: str)
         raise InvalidRequestError(
             f"the fault policy names tools that are not in the toolset: {unknown}", param=param
         )
+
+
+def _not_simulated(modes: Mapping[str, str] | None) -> frozenset[str]:
+    """Tools a real tool answers: the real answer is the truth, so nothing is inferred."""
+    return frozenset(name for name, mode in (modes or {}).items() if mode != "simulated")
 
 
 def _grounding_digest(grounding: dict[str, Any] | None) -> str | None:

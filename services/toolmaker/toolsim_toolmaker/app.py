@@ -8,10 +8,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from toolsim import __version__
+from toolsim.access import AccessControl, build_guard
 from toolsim.http import NO_OTEL, MetricsMiddleware, install_error_handlers
 from toolsim.llm.base import LLMBackend
 from toolsim.llm.factory import build_backend
 from toolsim.registry import MemoryRegistry, RedisRegistry, Registry, redis_client
+from toolsim.schema_inference import OutputSchemaInferrer
 from toolsim_toolmaker.config import MakerSettings
 from toolsim_toolmaker.generation import ToolGenerator
 from toolsim_toolmaker.metrics import MakerMetrics
@@ -29,6 +31,7 @@ def create_app(
     """Build the app. Parts passed in replace the ones the settings would build."""
     settings = settings or MakerSettings()
     metrics = MakerMetrics()
+    guard = build_guard(settings, metrics.registry)  # None: no API keys, nothing to check
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -47,9 +50,15 @@ def create_app(
             temperature=settings.maker_temperature,
             max_tokens=settings.maker_max_tokens,
         )
+        inferrer = OutputSchemaInferrer(
+            llm,
+            attempts=settings.maker_attempts,
+            on_outcome=lambda outcome: metrics.schema_inferences.labels(outcome).inc(),
+        )
         service = ToolMakerService(
             registry=reg,
             generator=generator,
+            inferrer=inferrer,
             metrics=metrics,
             settings=settings,
             model_name=llm.model_name,
@@ -61,6 +70,8 @@ def create_app(
             await llm.aclose()
             if client is not None:
                 await client.aclose()
+            if guard is not None:
+                await guard.aclose()
 
     app = FastAPI(
         title="toolsim ToolMaker",
@@ -73,4 +84,6 @@ def create_app(
     for module in (toolsets, chat, system):
         app.include_router(module.router)
     app.add_middleware(MetricsMiddleware, observe=metrics.observe_request)
+    if guard is not None:
+        app.add_middleware(AccessControl, guard=guard)
     return app

@@ -30,6 +30,12 @@ class MakerMetrics:
             ["reason"],
             registry=r,
         )
+        self.schema_inferences = Counter(
+            "toolmaker_output_schema_inferences",
+            "Output schemas of tools that came without one: inferred, cached, fallback",
+            ["outcome"],
+            registry=r,
+        )
         self.generation_cache_hits = Counter(
             "toolmaker_generation_cache_hits", "Task requests answered from the cache", registry=r
         )

@@ -23,6 +23,9 @@ class ToolsetRequest(_Model):
     tools: list[dict[str, Any]] | None = None
     output_schemas: dict[str, dict[str, Any]] | None = None
     stateful: dict[str, bool] | None = None
+    infer_output_schemas: bool | None = None
+    """Hand-written tools without an output schema get an inferred one (default true);
+    false: they get the fallback ``{"result"}`` schema."""
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:
@@ -30,6 +33,8 @@ class ToolsetRequest(_Model):
             raise ValueError("give exactly one of 'task' and 'tools'")
         if self.tools is not None and self.seed is not None:
             raise ValueError("'seed' goes with 'task' only")
+        if self.task is not None and self.infer_output_schemas is not None:
+            raise ValueError("'infer_output_schemas' goes with 'tools' (generated tools have one)")
         return self
 
 
@@ -39,6 +44,8 @@ class ToolsetOut(BaseModel):
     tools: list[dict[str, Any]]
     output_schemas: dict[str, dict[str, Any]]
     stateful: dict[str, bool]
+    inferred_output_schemas: list[str] | None = None
+    """Tools whose output schema was inferred rather than given (absent: none)."""
 
 
 class ChatMessage(BaseModel):

@@ -13,13 +13,14 @@ from typing import Any
 from toolsim.errors import InvalidRequestError, InvalidToolDefinitionError, ToolsetNotFoundError
 from toolsim.jsonutil import digest
 from toolsim.registry import Registry
+from toolsim.schema_inference import OutputSchemaInferrer
 from toolsim.singleflight import SingleFlight
 from toolsim.tools import utility_definitions
 from toolsim.toolsets import build_toolset
 from toolsim_toolmaker.config import MakerSettings
 from toolsim_toolmaker.generation import PROMPT_VERSION, ToolGenerator
 from toolsim_toolmaker.metrics import MakerMetrics
-from toolsim_toolmaker.openapi_import import import_openapi
+from toolsim_toolmaker.openapi_import import STATUS_OUTPUT_SCHEMA, ImportedTool, import_openapi
 from toolsim_toolmaker.protocol import ToolsetRequest
 from toolsim_toolmaker.taxonomy import DEFAULT_UTILITIES, STATEFUL_BY_DEFAULT
 from toolsim_toolmaker.validation import check_strict_tool
@@ -33,12 +34,14 @@ class ToolMakerService:
         *,
         registry: Registry,
         generator: ToolGenerator,
+        inferrer: OutputSchemaInferrer,
         metrics: MakerMetrics,
         settings: MakerSettings,
         model_name: str,
     ) -> None:
         self._registry = registry
         self._generator = generator
+        self._inferrer = inferrer
         self._metrics = metrics
         self._settings = settings
         self._model_name = model_name
@@ -49,7 +52,12 @@ class ToolMakerService:
             return await self.from_task(
                 request.task, request.max_tools, request.utility_tools, request.seed or 0
             )
-        return await self.from_tools(request.tools or [], request.output_schemas, request.stateful)
+        return await self.from_tools(
+            request.tools or [],
+            request.output_schemas,
+            request.stateful,
+            infer=request.infer_output_schemas is not False,
+        )
 
     async def from_task(
         self, task: str, max_tools: int, utility_tools: list[str] | None, seed: int
@@ -97,8 +105,16 @@ class ToolMakerService:
         tools: list[dict[str, Any]],
         output_schemas: dict[str, Any] | None,
         stateful: dict[str, bool] | None,
+        *,
+        infer: bool = True,
     ) -> Record:
-        toolset = build_toolset(tools, output_schemas, stateful)
+        toolset = build_toolset(tools, output_schemas, stateful)  # refused before inference
+        if infer:
+            schemas = await self._inferrer.complete(tools, output_schemas)
+            if schemas.inferred:
+                toolset = build_toolset(
+                    tools, schemas.output_schemas, stateful, inferred=schemas.inferred
+                )
         for i, definition in enumerate(toolset.definitions()):
             if definition["function"].get("strict") is True:
                 name = definition["function"]["name"]
@@ -106,16 +122,28 @@ class ToolMakerService:
         self._metrics.toolsets.labels("hand_written").inc()
         return await self._store(toolset.to_record(), None)
 
-    async def from_openapi(self, document: dict[str, Any]) -> Record:
+    async def from_openapi(self, document: dict[str, Any], *, infer: bool = True) -> Record:
+        """One tool per operation; an operation that declares no response body to read from
+        (see ``_undeclared``) gets an inferred output schema unless ``infer`` is off."""
         imported = import_openapi(document, max_tools=128)
-        tools = [_strict_if_it_is(t.definition, t.output_schema) for t in imported]
         outputs = {t.definition["function"]["name"]: t.output_schema for t in imported}
         stateful = {
             t.definition["function"]["name"]: t.method not in ("get", "head", "options")
             for t in imported
         }
+        inferred: tuple[str, ...] = ()
+        if infer:
+            given = {_name(t): t.output_schema for t in imported if not _undeclared(t)}
+            schemas = await self._inferrer.complete([t.definition for t in imported], given)
+            outputs = {**outputs, **schemas.output_schemas}
+            inferred = schemas.inferred
+        tools = [
+            _strict_if_it_is(t.definition, outputs[t.definition["function"]["name"]])
+            for t in imported
+        ]
         self._metrics.toolsets.labels("openapi").inc()
-        return await self._store(build_toolset(tools, outputs, stateful).to_record(), None)
+        toolset = build_toolset(tools, outputs, stateful, inferred=inferred)
+        return await self._store(toolset.to_record(), None)
 
     async def get(self, toolset_id: str) -> Record:
         record = await self._registry.get_toolset(toolset_id)
@@ -151,6 +179,31 @@ class ToolMakerService:
         return task
 
 
+_UNTYPED_RESULT: dict[str, Any] = {
+    "type": "object",
+    "properties": {"result": {}},
+    "required": ["result"],
+    "additionalProperties": False,
+}
+"""What the importer makes of a JSON response whose schema is missing or empty."""
+_ANNOTATIONS = frozenset({"type", "description", "title"})
+
+
+def _undeclared(tool: ImportedTool) -> bool:
+    """Whether the document leaves the tool's output unsaid: a JSON response without a
+    schema, a bare ``{"type": "object"}``, or a read (``get``) with no JSON response."""
+    schema = tool.output_schema
+    if schema == _UNTYPED_RESULT or (
+        schema.get("type") == "object" and set(schema) <= _ANNOTATIONS
+    ):
+        return True
+    return tool.method == "get" and schema == STATUS_OUTPUT_SCHEMA
+
+
+def _name(tool: ImportedTool) -> str:
+    return str(tool.definition["function"]["name"])
+
+
 def _strict_if_it_is(definition: dict[str, Any], output_schema: dict[str, Any]) -> dict[str, Any]:
     """Claim ``"strict": true`` only for a tool that passes the strict subset all the way down
     (an API's nested schemas often keep optional fields and open objects)."""
@@ -168,10 +221,13 @@ def _strict_if_it_is(definition: dict[str, Any], output_schema: dict[str, Any]) 
 
 
 def _public(record: Record) -> Record:
-    return {
+    public = {
         "id": record["id"],
         "task_class": record.get("task_class"),
         "tools": record["tools"],
         "output_schemas": record["output_schemas"],
         "stateful": record["stateful"],
     }
+    if record.get("inferred_output_schemas"):
+        public["inferred_output_schemas"] = record["inferred_output_schemas"]
+    return public

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from toolsim.access import Guard, send_error
 from toolsim.errors import PayloadTooLargeError, ToolsimError
 from toolsim.http import JSONBytesResponse, read_body
 from toolsim.jsonutil import dumps
@@ -64,11 +65,23 @@ class ToolCallsEndpoint:
     def __init__(self, app: ASGIApp, fastapi_app: object) -> None:
         self.app = app
         self.fastapi_app = fastapi_app
+        # Set by create_app when API keys are: the hot path checks its own requests, so
+        # ``toolsim serve``'s outer copy of this endpoint is guarded as the inner one is.
+        self.guard: Guard | None = getattr(fastapi_app.state, "guard", None)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def handles(scope: Scope) -> bool:
+        return bool(scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "POST")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        if self.guard is not None:
+            refused = await self.guard.admit(scope)
+            if refused is not None:
+                await send_error(send, refused)
+                return
         started = time.perf_counter()
         state: ActorState = self.fastapi_app.state.actor  # type: ignore[attr-defined]
         try:

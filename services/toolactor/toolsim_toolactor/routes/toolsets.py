@@ -32,6 +32,7 @@ async def create_toolset(request: Request) -> Response:
         body.live_endpoints,
         body.retrieval,
         body.faults,
+        body.infer_output_schemas,
     )
     return JSONBytesResponse(_toolset_out(toolset), status_code=201)
 

@@ -21,12 +21,15 @@ async def create_toolset(request: Request) -> Response:
 
 
 @router.post("/v1/toolsets/import", status_code=201)
-async def import_toolset(request: Request) -> Response:
+async def import_toolset(
+    request: Request, infer_output_schemas: bool = Query(default=True)
+) -> Response:
     state = maker_state(request)
     document = parse_json(await read_body(request, state.settings.max_body_bytes))
     if not isinstance(document, dict):
         raise InvalidRequestError("an OpenAPI document is a JSON object")
-    return JSONBytesResponse(await state.service.from_openapi(document), status_code=201)
+    record = await state.service.from_openapi(document, infer=infer_output_schemas)
+    return JSONBytesResponse(record, status_code=201)
 
 
 @router.get("/v1/toolsets/{toolset_id}")
