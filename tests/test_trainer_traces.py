@@ -668,7 +668,9 @@ def test_end_to_end_with_the_packaged_model_through_real_services(
         ServiceProcess("toolmaker", env=env, log_path=tmp_path / "maker.log") as maker,
         ServiceProcess("toolactor", env=env, log_path=tmp_path / "actor.log") as actor,
     ):
-        registered = httpx.post(f"{maker.url}/v1/toolsets", json={"tools": [SIMPLE_SEARCH]})
+        # the text default, not an inferred schema: the gold rows above were measured on it
+        body = {"tools": [SIMPLE_SEARCH], "infer_output_schemas": False}
+        registered = httpx.post(f"{maker.url}/v1/toolsets", json=body)
         assert registered.status_code == 201, registered.text
         toolset_id = registered.json()["id"]  # registered on the ToolMaker, served by the ToolActor
         urls = ["--actor-url", actor.url, "--maker-url", maker.url, "--no-progress"]
