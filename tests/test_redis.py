@@ -99,3 +99,27 @@ async def test_redis_down_degrades_then_recovers(redis_server: RedisServer) -> N
     finally:
         await client.aclose()
         await life.__aexit__(None, None, None)
+
+
+async def test_first_request_after_a_redis_restart_reads_the_cache(
+    redis_server: RedisServer,
+) -> None:
+    """A restart between two requests leaves the pool's connections stale: the first command
+    on one fails. It is retried once on a fresh connection, so the cached observation is
+    served instead of the cache being bypassed (seen through `docker compose kill redis`)."""
+    backend = ScriptedBackend()
+    _, client, life = await start_app(backend, redis_url=redis_server.url)
+    try:
+        first = (await client.post("/v1/tool_calls", json=CALL)).json()
+        assert first["observations"][0]["source"] == "simulated"
+        redis_server.stop()
+        redis_server.start()  # same port, AOF on
+        again = await client.post("/v1/tool_calls", json=CALL)
+        assert again.status_code == 200, again.text
+        assert again.json()["observations"][0]["source"] == "cache", again.json()
+        assert again.json()["messages"] == first["messages"]
+        registered = await client.post("/v1/toolsets", json={"tools": CALL["tools"]})
+        assert registered.status_code == 201, registered.text  # the registry's pool too
+    finally:
+        await client.aclose()
+        await life.__aexit__(None, None, None)

@@ -8,6 +8,9 @@ from typing import TypeVar
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from toolsim.errors import StoreUnavailableError
@@ -104,11 +107,18 @@ class RedisRegistry(Registry):
 
 
 def redis_client(url: str, *, socket_timeout_s: float = 1.0) -> aioredis.Redis:
-    """The services' Redis client: short timeouts, so a dead Redis fails fast, not slowly."""
+    """The services' Redis client: short timeouts, so a dead Redis fails fast, not slowly.
+
+    A command that meets a connection error is retried once on a fresh connection: after a
+    Redis restart every pooled connection is stale, and without the retry the first command on
+    each failed (the cache bypassed, a registry write answered 503) although Redis was back.
+    A timeout is not retried (a slow Redis stays a fast failure)."""
     return aioredis.Redis.from_url(
         url,
         socket_connect_timeout=0.5,
         socket_timeout=socket_timeout_s,
         health_check_interval=10,
+        retry=Retry(NoBackoff(), retries=1),
+        retry_on_error=[RedisConnectionError],
         retry_on_timeout=False,
     )
