@@ -13,7 +13,12 @@ Starts a real redis-server, ToolMaker and ToolActor (embedded backend) on free p
 
     .venv/bin/python bench/traces.py [--questions 50] [--throughput-questions 8]
         [--concurrency 1 8] [--data ../shared/data/context/hotpotqa_train.json]
-        [--toolset maker|named]
+        [--toolset maker|named] [--backend embedded|vllm] [--vllm-url URL]
+
+``--backend vllm`` runs every model call on one real vLLM CPU server (started here with
+``scripts/serve-vllm.sh`` unless ``--vllm-url`` names one): the ToolMaker's and the ToolActor's
+backend, and the teacher and repairer through its OpenAI-compatible endpoint
+(``OpenAIPolicy``, text mode: the same prompt and grammar as the local teacher).
 
 ``--toolset named`` skips the ToolMaker's generation: one hand-written ``search`` tool
 (``{"result": text}`` output) registered through the ToolMaker serves every question.
@@ -32,14 +37,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import server
 from toolsim_trainer.agent import AgentLimits
 from toolsim_trainer.clients import ActorClient, MakerClient
 from toolsim_trainer.data import QuestionRow, load_rows
 from toolsim_trainer.local_policy import LocalPolicy
+from toolsim_trainer.policy import OpenAIPolicy, Policy
 from toolsim_trainer.services import ServiceProcess, free_port
 from toolsim_trainer.traces.export import ExportConfig, build_export, outcomes_of
 from toolsim_trainer.traces.generate import GenerateConfig, Teacher, generate
@@ -98,10 +106,19 @@ async def named_toolset(maker: MakerClient) -> str:
     return str(record["id"])
 
 
-async def run(args: argparse.Namespace, actor_url: str, maker_url: str, work: Path) -> None:
+def teacher_policy(args: argparse.Namespace, vllm_url: str | None) -> Policy:
+    """The packaged model as teacher: in process (embedded) or behind the vLLM server."""
+    if vllm_url is not None:
+        return OpenAIPolicy(vllm_url, args.vllm_model, timeout_s=600)
+    return LocalPolicy(max_batch_size=max(args.concurrency), num_threads=args.threads)
+
+
+async def run(
+    args: argparse.Namespace, actor_url: str, maker_url: str, work: Path, vllm_url: str | None
+) -> None:
     rows = load_rows(args.data, args.questions)
     limits = AgentLimits(max_turns=4, max_tool_calls=3, max_tokens=args.max_tokens)
-    policy = LocalPolicy(max_batch_size=max(args.concurrency), num_threads=args.threads)
+    policy = teacher_policy(args, vllm_url)
     async with ActorClient(actor_url) as actor, MakerClient(maker_url) as maker:
         toolset_id = None
         if args.toolset == "named":
@@ -109,8 +126,10 @@ async def run(args: argparse.Namespace, actor_url: str, maker_url: str, work: Pa
             print(f"toolset: {toolset_id} (hand-written search) for every question")
         else:
             per_toolset = await warm_toolsets(maker, rows)
-            print(f"toolsets: {len(rows)} made, {per_toolset:.1f} s each (ToolMaker, embedded)")
-        await policy.start()
+            made = f"{len(rows)} made, {per_toolset:.1f} s each"
+            print(f"toolsets: {made} (ToolMaker, {args.backend})")
+        if isinstance(policy, LocalPolicy):
+            await policy.start()
         print(f"{'concurrency':>11}  {'traces':>6}  {'wall s':>7}  {'traces/min':>10}  wait share")
         rates: dict[int, float] = {}
         for c in args.concurrency:
@@ -132,7 +151,10 @@ async def run(args: argparse.Namespace, actor_url: str, maker_url: str, work: Pa
     await policy.aclose()
     report_split(split)
     lo, hi = args.concurrency[0], args.concurrency[-1]
-    print(f"toolsets: {args.toolset}; questions: {len(rows)} of {args.data.name}")
+    print(
+        f"backend: {args.backend}; toolsets: {args.toolset}; "
+        f"questions: {len(rows)} of {args.data.name}"
+    )
     llm, gold = split["by_teacher"].get("llm", {}), split["by_teacher"].get("gold", {})
     print(
         f"HEADLINE traces/min {rates[hi]:.2f} at c={hi} vs {rates[lo]:.2f} at c={lo} "
@@ -144,7 +166,7 @@ async def run(args: argparse.Namespace, actor_url: str, maker_url: str, work: Pa
 
 async def split_run(
     rows: list[QuestionRow],
-    policy: LocalPolicy,
+    policy: Policy,
     actor: ActorClient,
     maker: MakerClient,
     limits: AgentLimits,
@@ -208,17 +230,31 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads, teacher")
     parser.add_argument("--toolset", choices=("maker", "named"), default="maker")
     parser.add_argument("--out-dir", type=Path, help="keep the traces here (default: temp)")
+    parser.add_argument("--backend", choices=("embedded", "vllm"), default="embedded")
+    parser.add_argument("--vllm-url", help="use this vLLM server (…/v1) instead of starting one")
+    parser.add_argument("--vllm-model", default="smollm2", help="its served model name")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     work = args.out_dir or Path(tempfile.mkdtemp(prefix="bench-traces-"))
     work.mkdir(parents=True, exist_ok=True)
-    with redis_server(work) as redis_url:
+    with ExitStack() as stack:
+        vllm_url = args.vllm_url
+        if args.backend == "vllm" and vllm_url is None:
+            port = free_port()
+            cmd = ["bash", str(ROOT / "scripts" / "serve-vllm.sh"), str(port)]
+            vllm_url = stack.enter_context(server(cmd, port, timeout_s=900)) + "/v1"
+        redis_url = stack.enter_context(redis_server(work))
         env = {"TOOLSIM_REDIS_URL": redis_url}
-        with (
-            ServiceProcess("toolmaker", env=env, log_path=work / "maker.log") as maker,
-            ServiceProcess("toolactor", env=env, log_path=work / "actor.log") as actor,
-        ):
-            asyncio.run(run(args, actor.url, maker.url, work))
+        if args.backend == "vllm":
+            assert vllm_url is not None
+            env |= {"TOOLSIM_BACKEND": "vllm", "TOOLSIM_VLLM_URL": vllm_url}
+        maker = stack.enter_context(
+            ServiceProcess("toolmaker", env=env, log_path=work / "maker.log")
+        )
+        actor = stack.enter_context(
+            ServiceProcess("toolactor", env=env, log_path=work / "actor.log")
+        )
+        asyncio.run(run(args, actor.url, maker.url, work, vllm_url))
     print(f"traces in {work}", file=sys.stderr)
 
 
