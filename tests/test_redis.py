@@ -48,6 +48,36 @@ async def test_observations_and_toolsets_are_shared_across_instances(
             await life.__aexit__(None, None, None)
 
 
+async def test_other_sampling_settings_do_not_replay_the_cache(
+    redis_server: RedisServer,
+) -> None:
+    """The same call on a replica with another presence penalty or temperature is generated
+    anew: the cached observation came from other sampling settings."""
+    backends = [ScriptedBackend() for _ in range(4)]
+    settings = [
+        {},
+        {"presence_penalty": 0.0},
+        {"temperature": 0.2},
+        {},  # the first one's settings again: replayed
+    ]
+    started = [
+        await start_app(b, redis_url=redis_server.url, **s)
+        for b, s in zip(backends, settings, strict=True)
+    ]
+    try:
+        sources = []
+        for _, client, _ in started:
+            r = await client.post("/v1/tool_calls", json=CALL)
+            assert r.status_code == 200
+            sources.append(r.json()["observations"][0]["source"])
+        assert sources == ["simulated", "simulated", "simulated", "cache"]
+        assert [len(b.calls) for b in backends] == [1, 1, 1, 0]
+    finally:
+        for _, client, life in started:
+            await client.aclose()
+            await life.__aexit__(None, None, None)
+
+
 async def test_cache_survives_a_service_restart(redis_server: RedisServer) -> None:
     backend = ScriptedBackend()
     _, client, life = await start_app(backend, redis_url=redis_server.url)

@@ -418,6 +418,7 @@ class ToolActorService:
                 "v": PROMPT_VERSION,
                 "q": QUALITY_VERSION,
                 "m": self._model_name,
+                "p": self._simulator.sampling,
                 "t": tool.digest,
                 "a": arguments,
                 "g": episode.grounding_digest if episode is not None else None,

@@ -69,6 +69,10 @@ class Simulator:
         self._slots = asyncio.Semaphore(max_concurrent)
         self._gates = gates
         """Gates every call without evidence meets (``quality``)."""
+        self.sampling = (temperature, presence_penalty, max_tokens)
+        """The sampling settings an observation depends on: part of every cache key, so a
+        service restarted with another temperature, presence penalty or token cap does not
+        replay what the old settings generated."""
 
     async def simulate(
         self,
