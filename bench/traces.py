@@ -128,8 +128,7 @@ async def run(
             per_toolset = await warm_toolsets(maker, rows)
             made = f"{len(rows)} made, {per_toolset:.1f} s each"
             print(f"toolsets: {made} (ToolMaker, {args.backend})")
-        if isinstance(policy, LocalPolicy):
-            await policy.start()
+        await policy.start()
         print(f"{'concurrency':>11}  {'traces':>6}  {'wall s':>7}  {'traces/min':>10}  wait share")
         rates: dict[int, float] = {}
         for c in args.concurrency:
