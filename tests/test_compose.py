@@ -232,8 +232,11 @@ def test_toolset_call_replay_and_redis_restart_through_the_stack(stack: Any) -> 
         FIGURES["first_call_ms"] = round(first_s * 1000, 1)
         FIGURES["replay_ms"] = round(replay_s * 1000, 1)
 
-        # appendfsync everysec (Redis's default): a SIGKILL may lose the last second of writes
-        time.sleep(2)
+        # appendfsync everysec (Redis's default) may lose the last second or two of writes to a
+        # SIGKILL (longer when a slow fsync postpones the write); what the test checks is that
+        # what Redis has persisted is served after the restart, so persist it first
+        persist_aof(compose)
+        assert cached_keys(compose) >= 1, "the observation never reached Redis"
         started = time.perf_counter()
         compose("kill", "redis")
         compose("up", "-d", "--wait", "--wait-timeout", "120", "redis", timeout=180)
@@ -243,7 +246,36 @@ def test_toolset_call_replay_and_redis_restart_through_the_stack(stack: Any) -> 
         again = retry_post(client, f"{url['toolactor']}/v1/tool_calls", call)
         assert (
             again["observations"][0]["source"] == "cache" and again["messages"] == first["messages"]
+        ), (
+            f"replay after the restart: {again['observations'][0]}; observation keys in Redis: "
+            f"{cached_keys(compose)}; ToolActor cache errors: "
+            f"{metric(client, url['toolactor'], 'toolsim_cache_errors_total')}"
         )
+
+
+def persist_aof(compose: Any) -> None:
+    """Rewrite the AOF (a fork dumps the whole dataset) and wait until the rewrite is done."""
+    compose("exec", "-T", "redis", "redis-cli", "BGREWRITEAOF")
+    deadline = time.monotonic() + 60
+    while True:
+        info = compose("exec", "-T", "redis", "redis-cli", "INFO", "persistence").stdout
+        fields = dict(line.split(":", 1) for line in info.split() if ":" in line)
+        done = fields.get("aof_rewrite_in_progress") == "0"
+        if done and fields.get("aof_rewrite_scheduled") == "0":
+            assert fields.get("aof_last_bgrewrite_status") == "ok", info
+            return
+        assert time.monotonic() < deadline, f"the AOF rewrite did not finish:\n{info}"
+        time.sleep(0.2)
+
+
+def cached_keys(compose: Any) -> int:
+    listed = compose("exec", "-T", "redis", "redis-cli", "--scan", "--pattern", "toolsim:obs:*")
+    return len(listed.stdout.split())
+
+
+def metric(client: httpx.Client, url: str, name: str) -> str:
+    lines = client.get(f"{url}/metrics").text.splitlines()
+    return "; ".join(line for line in lines if line.startswith(name)) or "absent"
 
 
 def example_value(schema: dict[str, Any]) -> Any:
