@@ -12,8 +12,9 @@
     ├── AuthenticationError           401 invalid_api_key      (missing or unknown API key)
     ├── PayloadTooLargeError          413 payload_too_large
     ├── RateLimitExceededError        429 rate_limit_exceeded  (the key's token bucket is empty)
+    ├── RegistryFullError             507 registry_full        (in-memory registry at its cap)
     ├── BackendUnavailableError       503 backend_unavailable  (engine down or timing out)
-    ├── StoreUnavailableError         503 store_unavailable    (registry's Redis down)
+    │   └── StoreUnavailableError     503 store_unavailable    (registry's Redis down)
     ├── GenerationFailedError         502 generation_failed    (no valid observation after retries)
     └── LiveToolError                 502 live_tool_failed     (a real endpoint failed)
 
@@ -120,6 +121,17 @@ class PayloadTooLargeError(ToolsimError):
     status_code = 413
     code = "payload_too_large"
     error_type = "invalid_request_error"
+
+
+class RegistryFullError(ToolsimError):
+    """The in-process registry holds as many toolsets as it may (``max_toolsets``).
+
+    Toolsets are never evicted (a client holding an id would find it gone); an operator who
+    needs more runs Redis, or raises the cap."""
+
+    status_code = 507
+    code = "registry_full"
+    error_type = "insufficient_storage_error"
 
 
 class BackendUnavailableError(ToolsimError):

@@ -152,5 +152,14 @@ def _cache(
 
 def _registry(settings: ActorSettings, client: aioredis.Redis | None) -> Registry:
     if client is None:
-        return MemoryRegistry()
-    return RedisRegistry(client, prefix=settings.redis_prefix, episode_ttl_s=settings.episode_ttl_s)
+        return MemoryRegistry(
+            max_toolsets=settings.memory_max_toolsets,
+            max_episodes=settings.memory_max_episodes,
+            max_events=settings.episode_max_events,
+        )
+    return RedisRegistry(
+        client,
+        prefix=settings.redis_prefix,
+        episode_ttl_s=settings.episode_ttl_s,
+        max_events=settings.episode_max_events,
+    )

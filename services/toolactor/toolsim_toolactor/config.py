@@ -38,6 +38,13 @@ class ActorSettings(CommonSettings):
     """Seed used when neither the request nor its episode gives one."""
     history_events: int = Field(default=8, ge=0, le=64)
     """Earlier calls of the episode shown to the simulator."""
+    episode_max_events: int = Field(default=1024, ge=1)
+    """Events an episode keeps (the newest; ``GET /v1/episodes/{id}`` shows them). Fault
+    policies count earlier occurrences of a call within these."""
+    memory_max_toolsets: int = Field(default=10_000, ge=1)
+    """Toolsets the in-memory registry holds (no Redis URL); more are refused with 507."""
+    memory_max_episodes: int = Field(default=10_000, ge=1)
+    """Episodes the in-memory registry holds (no Redis URL); the oldest are dropped first."""
     search_corpus: list[Path] = Field(default_factory=list)
     """Passage files (JSON/JSONL) behind the live ``search`` tool, as a JSON list of paths."""
     live_timeout_s: float = Field(default=30.0, gt=0)

@@ -323,7 +323,11 @@ class ToolActorService:
                 f"not {toolset.id!r}",
                 param="episode_id",
             )
-        return episode, await self._registry.episode_events(episode_id)
+        # read only what is used: the simulator's recent calls, or, when a fault policy
+        # counts earlier occurrences of a call, every kept event
+        faulty = self._faults.policy(toolset, episode.faults) is not None
+        last = None if faulty else self._history_events
+        return episode, await self._registry.episode_events(episode_id, last=last)
 
     def _context(self, episode: Episode, history: list[dict[str, Any]]) -> EpisodeContext:
         """What the simulator sees: the facts and the recent calls that were answered (an

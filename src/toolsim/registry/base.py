@@ -7,9 +7,13 @@ from typing import Any
 
 JSONDict = dict[str, Any]
 
+DEFAULT_MAX_EVENTS = 1024
+"""Events kept per episode (the newest): a long episode cannot grow a record without bound."""
+
 
 class Registry(abc.ABC):
-    """Stores toolsets (forever, content-addressed) and episodes (with a TTL).
+    """Stores toolsets (forever, content-addressed) and episodes (with a TTL), and each
+    episode's newest events (at most ``max_events``; older ones are dropped as new ones come).
 
     Implementations raise ``toolsim.errors.StoreUnavailableError`` when their store cannot
     be reached.
@@ -48,8 +52,10 @@ class Registry(abc.ABC):
         """Append tool call events (call + observation) to an episode's history."""
 
     @abc.abstractmethod
-    async def episode_events(self, episode_id: str) -> list[JSONDict]:
-        """The episode's history, oldest first."""
+    async def episode_events(self, episode_id: str, last: int | None = None) -> list[JSONDict]:
+        """The episode's history, oldest first: its ``last`` events (all kept ones if None).
+
+        A registry keeps at most its ``max_events`` newest events per episode."""
 
     async def ping(self) -> bool:
         """Whether the store answers now."""

@@ -14,18 +14,26 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from toolsim.errors import StoreUnavailableError
-from toolsim.registry.base import JSONDict, Registry
+from toolsim.registry.base import DEFAULT_MAX_EVENTS, JSONDict, Registry
 
 T = TypeVar("T")
 
 
 class RedisRegistry(Registry):
     def __init__(
-        self, client: aioredis.Redis, *, prefix: str = "toolsim:", episode_ttl_s: int = 86_400
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "toolsim:",
+        episode_ttl_s: int = 86_400,
+        max_events: int = DEFAULT_MAX_EVENTS,
     ) -> None:
+        if max_events < 1:
+            raise ValueError("max_events must be at least 1")
         self._r = client
         self._prefix = prefix
         self._episode_ttl_s = episode_ttl_s
+        self._max_events = max_events
         self._index_key = f"{prefix}toolsets"
 
     def _toolset_key(self, toolset_id: str) -> str:
@@ -83,14 +91,18 @@ class RedisRegistry(Registry):
         async def push() -> None:
             async with self._r.pipeline(transaction=True) as pipe:
                 pipe.rpush(key, *[orjson.dumps(e) for e in events])
+                pipe.ltrim(key, -self._max_events, -1)
                 pipe.expire(key, self._episode_ttl_s)
                 await pipe.execute()
 
         await self._call(push)
 
-    async def episode_events(self, episode_id: str) -> list[JSONDict]:
+    async def episode_events(self, episode_id: str, last: int | None = None) -> list[JSONDict]:
+        count = self._max_events if last is None else min(last, self._max_events)
+        if count <= 0:
+            return []
         key = self._episode_key(episode_id) + ":events"
-        raw = await self._call(lambda: self._r.lrange(key, 0, -1))
+        raw = await self._call(lambda: self._r.lrange(key, -count, -1))
         return [orjson.loads(item) for item in raw]
 
     async def ping(self) -> bool:
