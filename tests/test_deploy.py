@@ -141,3 +141,24 @@ def test_train_profile_runs_the_demo_against_the_compose_toolactor(
         assert url == "http://toolactor:8001"
     with pytest.raises(ValueError, match="actor_env"):
         PipelineConfig.from_yaml(config, [*sets, "actor_env.TOOLSIM_SEED=1"])
+
+
+def test_only_the_observation_cache_may_be_evicted() -> None:
+    """Toolsets and episodes live on a Redis that never evicts; the cache's Redis is capped and
+    LRU; the ToolActor is pointed at each."""
+    k8s = _k8s_containers()
+    registry, cache = k8s["redis"]["args"], k8s["redis-cache"]["args"]
+    assert registry[registry.index("--maxmemory-policy") + 1] == "noeviction"
+    assert registry[registry.index("--appendonly") + 1] == "yes"
+    assert cache[cache.index("--maxmemory-policy") + 1] == "allkeys-lru"
+    assert "--maxmemory" in cache
+    config = yaml.safe_load((ROOT / "k8s" / "config.yaml").read_text().split("---")[0])
+    env = {e["name"]: e["value"] for e in k8s["toolactor"]["env"]}
+    settings = ActorSettings(
+        redis_url=config["data"]["TOOLSIM_REDIS_URL"],
+        cache_redis_url=env["TOOLSIM_CACHE_REDIS_URL"],
+    )
+    assert settings.cache_redis_url == "redis://redis-cache:6379/0" != settings.redis_url
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["redis"]
+    command = compose["command"]
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"

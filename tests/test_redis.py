@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests.conftest import WEATHER_OUTPUT, WEATHER_TOOL, RedisServer, start_app, tool_call
 from tests.doubles import ScriptedBackend
@@ -153,3 +155,63 @@ async def test_first_request_after_a_redis_restart_reads_the_cache(
     finally:
         await client.aclose()
         await life.__aexit__(None, None, None)
+
+
+async def test_the_cache_redis_evicts_observations_while_the_registry_keeps_toolsets(
+    tmp_path: Path,
+) -> None:
+    """Key classes: with ``cache_redis_url`` the observations live on a Redis of their own,
+    which may evict them under ``maxmemory`` (``allkeys-lru``), while toolsets and episodes
+    stay on the registry's Redis, which never evicts (``noeviction``), as ``k8s/redis.yaml``
+    runs them."""
+    (tmp_path / "registry").mkdir()
+    (tmp_path / "cache").mkdir()
+    registry_redis, cache_redis = (
+        RedisServer(tmp_path / "registry"),
+        RedisServer(tmp_path / "cache"),
+    )
+    registry_redis.start()
+    cache_redis.start()
+    raw_registry = aioredis.Redis.from_url(registry_redis.url)
+    raw_cache = aioredis.Redis.from_url(cache_redis.url)
+    backend = ScriptedBackend()
+    _, client, life = await start_app(
+        backend, redis_url=registry_redis.url, cache_redis_url=cache_redis.url
+    )
+    try:
+        await raw_registry.config_set("maxmemory-policy", "noeviction")
+        await raw_cache.config_set("maxmemory", "4mb")
+        await raw_cache.config_set("maxmemory-policy", "allkeys-lru")
+        ts = (await client.post("/v1/toolsets", json={"tools": [WEATHER_TOOL]})).json()
+        call = {
+            "toolset_id": ts["id"],
+            "tool_calls": [tool_call("get_weather", '{"city": "Oslo"}')],
+        }
+        first = (await client.post("/v1/tool_calls", json=call)).json()
+        assert first["observations"][0]["source"] == "simulated"
+        # each key class on its own Redis
+        assert await raw_cache.keys("toolsim:toolset*") == []
+        assert await raw_registry.keys("toolsim:obs:*") == []
+        observations = await raw_cache.keys("toolsim:obs:*")  # + the schema inference memo
+        assert len([k for k in observations if not k.startswith(b"toolsim:obs:schema:")]) == 1
+        assert await raw_registry.exists(f"toolsim:toolset:{ts['id']}") == 1
+        # memory pressure on the cache: 12 MB of other observations into a 4 MB Redis
+        filler = b"x" * 100_000
+        for n in range(120):
+            await raw_cache.set(f"toolsim:obs:filler{n}", filler)
+        info = await raw_cache.info("stats")
+        assert int(info["evicted_keys"]) > 0
+        assert await raw_cache.dbsize() < 120
+        # the toolset is untouched, and the service still answers (a miss is regenerated)
+        kept = await client.get(f"/v1/toolsets/{ts['id']}")
+        assert kept.status_code == 200 and kept.json()["tools"] == ts["tools"]
+        again = await client.post("/v1/tool_calls", json=call)
+        assert again.status_code == 200
+        assert again.json()["observations"][0]["source"] in {"cache", "simulated"}
+    finally:
+        await client.aclose()
+        await life.__aexit__(None, None, None)
+        await raw_registry.aclose()
+        await raw_cache.aclose()
+        registry_redis.stop()
+        cache_redis.stop()

@@ -138,6 +138,8 @@ def _redis(settings: ActorSettings) -> aioredis.Redis | None:
 def _cache(
     settings: ActorSettings, client: aioredis.Redis | None, metrics: ActorMetrics
 ) -> ObservationCache:
+    if settings.cache_redis_url is not None:  # observations on a Redis of their own
+        client = redis_client(settings.cache_redis_url)
     if client is None:
         return MemoryCache(settings.memory_cache_size)
 

@@ -21,6 +21,10 @@ class ActorSettings(CommonSettings):
     """Largest request body accepted; larger ones get 413."""
     cache_ttl_s: int = Field(default=7 * 86_400, ge=1)
     """How long a cached observation lives in Redis."""
+    cache_redis_url: str | None = None
+    """A Redis for the observation cache alone (default: ``redis_url``'s). Observations may
+    be evicted under memory pressure, toolsets and episodes never: give the cache a Redis with
+    ``maxmemory`` and ``allkeys-lru``, the registry one with ``noeviction`` (``k8s/redis.yaml``)."""
     memory_cache_size: int = Field(default=100_000, ge=1)
     """Entries kept by the in-memory LRU cache (used when no Redis URL is set)."""
     episode_ttl_s: int = Field(default=86_400, ge=60)
@@ -68,5 +72,12 @@ class ActorSettings(CommonSettings):
             raise ValueError(
                 "TOOLSIM_LIVE_TOOLS enables search, which needs passages: set "
                 "TOOLSIM_SEARCH_CORPUS='[\"corpus.json\"]'"
+            )
+        if self.cache_redis_url is not None and not self.cache_redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ValueError(
+                f"TOOLSIM_CACHE_REDIS_URL={self.cache_redis_url!r} is not a Redis URL; use "
+                "redis://host:port/db (or unset it to keep the cache on TOOLSIM_REDIS_URL)"
             )
         return self
