@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
@@ -215,3 +216,62 @@ async def test_the_cache_redis_evicts_observations_while_the_registry_keeps_tool
         await raw_cache.aclose()
         registry_redis.stop()
         cache_redis.stop()
+
+
+async def test_identical_concurrent_calls_over_two_replicas_cost_one_generation(
+    redis_server: RedisServer,
+) -> None:
+    backends = [ScriptedBackend(delay_s=0.5), ScriptedBackend(delay_s=0.5)]
+    started = [await start_app(b, redis_url=redis_server.url) for b in backends]
+    try:
+        clients = [client for _, client, _ in started]
+        answers = await asyncio.gather(
+            *(clients[n % 2].post("/v1/tool_calls", json=CALL) for n in range(8))
+        )
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        assert sum(len(b.calls) for b in backends) == 1
+        assert len({orjson.dumps(a.json()["messages"]) for a in answers}) == 1
+        sources = sorted(a.json()["observations"][0]["source"] for a in answers)
+        assert sources == ["cache"] * 7 + ["simulated"]
+        waiter = clients[0] if backends[1].calls else clients[1]
+        metrics = (await waiter.get("/metrics")).text
+        assert "toolsim_coalesced_replica_calls_total 1.0" in metrics, metrics
+        assert await aioredis.Redis.from_url(redis_server.url).keys("toolsim:claim:*") == []
+    finally:
+        for _, client, life in started:
+            await client.aclose()
+            await life.__aexit__(None, None, None)
+
+
+async def test_a_claim_left_by_a_dead_replica_expires_and_the_call_is_generated(
+    redis_server: RedisServer,
+) -> None:
+    """A replica that dies mid-generation never releases its claim: the claim's expiry does,
+    and a waiting replica then generates the observation itself."""
+    raw = aioredis.Redis.from_url(redis_server.url)
+    failing, healthy = ScriptedBackend(delay_s=0.3), ScriptedBackend()
+    failing.unavailable = True
+    _, a, a_life = await start_app(failing, redis_url=redis_server.url)
+    _, b, b_life = await start_app(healthy, redis_url=redis_server.url)
+    try:
+        pending = asyncio.ensure_future(a.post("/v1/tool_calls", json=CALL))
+        claims: list[bytes] = []
+        while not claims and not pending.done():
+            claims = await raw.keys("toolsim:claim:*")
+            await asyncio.sleep(0.02)
+        assert (await pending).status_code == 503  # failed: nothing stored
+        assert len(claims) == 1, "replica A held no claim while generating"
+        # what a replica killed at that moment leaves behind: its claim, never released
+        await raw.set(claims[0], b"token-of-a-dead-replica", px=1500)
+        began = asyncio.get_running_loop().time()
+        answer = await b.post("/v1/tool_calls", json=CALL)
+        waited = asyncio.get_running_loop().time() - began
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["observations"][0]["source"] == "simulated"
+        assert len(healthy.calls) == 1
+        assert 1.0 < waited < 5.0, waited
+    finally:
+        for client, life in ((a, a_life), (b, b_life)):
+            await client.aclose()
+            await life.__aexit__(None, None, None)
+        await raw.aclose()

@@ -38,6 +38,11 @@ class ActorMetrics:
         self.coalesced = Counter(
             "toolsim_coalesced_calls", "Calls answered by an identical in-flight call", registry=r
         )
+        self.coalesced_replicas = Counter(
+            "toolsim_coalesced_replica_calls",
+            "Generations left to another replica that held the key's claim (shared Redis)",
+            registry=r,
+        )
         self.retries = Counter(
             "toolsim_generation_retries", "Generations retried", ["reason"], registry=r
         )

@@ -48,6 +48,9 @@ from toolsim_toolactor.simulator import Simulated, Simulator
 RECORD_VERSION = "rec1"
 TOOLSET_LRU_SIZE = 1024
 ARGUMENTS_MEMO_SIZE = 8192
+CLAIM_POLL_FIRST_S = 0.01
+CLAIM_POLL_MAX_S = 0.2
+"""Polling of a replica waiting on another one's generation: 10 ms, doubling up to 200 ms."""
 
 
 @dataclass(frozen=True)
@@ -451,7 +454,7 @@ class ToolActorService:
                 return Observation(content, "cache", elapsed, verdict)
         result, joined = await self._coalesced(key, tool, arguments, context, seed, evidence)
         elapsed = (time.perf_counter() - started) * 1000
-        if joined:  # another request generated it: to this caller it is a replay
+        if joined or result.replayed:  # another request generated it: to this caller a replay
             self._metrics.cache_observations.inc()
             return Observation(result.content, "cache", elapsed, result.verdict)
         self._metrics.simulated_observations.inc()
@@ -510,12 +513,53 @@ class ToolActorService:
         seed: int,
         evidence: Evidence | None,
     ) -> Simulated:
-        result = await self._simulator.simulate(tool, arguments, context, seed, evidence)
-        if result.verdict.passed:
-            await self._cache.set(key, result.content)
-        else:  # replayed flagged, never as a pass
-            await self._cache.set(flagged_key(key), _wrap_flagged(result))
-        return result
+        """Generate once across replicas: claim the key, or wait for the replica that has it."""
+        gated = self._simulator.gates_for(evidence)
+        while (claim := await self._cache.claim(key)) is None:
+            stored = await self._await_replica(key, gated)
+            if stored is not None:
+                self._metrics.coalesced_replicas.inc()
+                return stored
+            # the claim went away with nothing stored (its generation failed, or its replica
+            # died): claim it again and generate here
+        try:
+            # a replica may have stored it between this request's miss and its claim
+            stored = await self._stored(key, gated)
+            if stored is not None:
+                self._metrics.coalesced_replicas.inc()
+                return stored
+            result = await self._simulator.simulate(tool, arguments, context, seed, evidence)
+            if result.verdict.passed:
+                await self._cache.set(key, result.content)
+            else:  # replayed flagged, never as a pass
+                await self._cache.set(flagged_key(key), _wrap_flagged(result))
+            return result
+        finally:
+            await claim.release()
+
+    async def _stored(self, key: str, gated: bool) -> Simulated | None:
+        content = await self._cache.get(key)
+        if content is not None:
+            return Simulated(content, replayed=True)
+        if gated:
+            flagged = await self._cache.get(flagged_key(key))
+            if flagged is not None:
+                content, verdict = _unwrap_flagged(flagged)
+                return Simulated(content, verdict, replayed=True)
+        return None
+
+    async def _await_replica(self, key: str, gated: bool) -> Simulated | None:
+        """Poll for the result of another replica's claim on ``key`` until it is stored (the
+        result) or the claim is gone (None)."""
+        pause = CLAIM_POLL_FIRST_S
+        while True:
+            stored = await self._stored(key, gated)
+            if stored is not None:
+                return stored
+            if not await self._cache.claimed(key):
+                return await self._stored(key, gated)  # stored just before the release?
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, CLAIM_POLL_MAX_S)
 
 
 def flagged_key(key: str) -> str:
