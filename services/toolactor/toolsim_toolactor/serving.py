@@ -514,7 +514,7 @@ class ToolActorService:
         evidence: Evidence | None,
     ) -> Simulated:
         """Generate once across replicas: claim the key, or wait for the replica that has it."""
-        gated = self._simulator.gates_for(evidence)
+        gated = bool(self._simulator.gates_for(evidence))
         while (claim := await self._cache.claim(key)) is None:
             stored = await self._await_replica(key, gated)
             if stored is not None:
