@@ -103,3 +103,16 @@ from tests.test_trainer_pipeline import tiny_config
 from toolsim_trainer.pipeline import Pipeline
 Pipeline(tiny_config(Path(sys.argv[1]))).run()
 """
+
+
+def test_pipeline_overrides_read_numbers_as_people_write_them() -> None:
+    """``--set grpo.learning_rate=3e-4`` is a float (PyYAML's YAML 1.1 would read a string and
+    the trainer would fail deep inside with a TypeError)."""
+    config = PipelineConfig.from_yaml(
+        Path(__file__).resolve().parents[1] / "trainer" / "configs" / "cpu-demo.yaml",
+        ["grpo.learning_rate=3e-4", "sft.max_steps=7", "seed=2", "grpo.beta=-1E-2"],
+    )
+    assert config.grpo["learning_rate"] == pytest.approx(3e-4)
+    assert isinstance(config.grpo["learning_rate"], float)
+    assert config.grpo["beta"] == pytest.approx(-0.01)
+    assert config.sft["max_steps"] == 7 and config.seed == 2

@@ -33,13 +33,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from toolsim_trainer.agent import AgentLimits
 from toolsim_trainer.clients import ActorClient
 from toolsim_trainer.data import QuestionRow, load_rows, split_rows
 from toolsim_trainer.services import ServiceProcess
 from toolsim_trainer.summary import compare_runs, format_comparisons, grpo_summary
+from toolsim_trainer.yamlconfig import parse_yaml
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +117,7 @@ class PipelineConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str]) -> PipelineConfig:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = parse_yaml(Path(path).read_text()) or {}
         for item in overrides:
             key, sep, value = item.partition("=")
             if not sep:
@@ -127,7 +126,7 @@ class PipelineConfig:
             *parents, leaf = key.split(".")
             for part in parents:
                 target = target.setdefault(part, {})
-            target[leaf] = yaml.safe_load(value)
+            target[leaf] = parse_yaml(value)
         names = set(cls.__dataclass_fields__)
         unknown = sorted(set(raw) - names)
         if unknown:

@@ -13,7 +13,6 @@ import dataclasses
 import difflib
 import json
 import math
-import re
 import time
 from collections.abc import Mapping, Sequence
 from enum import Enum
@@ -38,24 +37,9 @@ from toolsim_trainer.train.layout import FINAL_DIR as FINAL_DIR
 from toolsim_trainer.train.layout import METRICS_FILE as METRICS_FILE
 from toolsim_trainer.train.layout import RESOLVED_CONFIG as RESOLVED_CONFIG
 from toolsim_trainer.train.layout import read_metrics as read_metrics
+from toolsim_trainer.yamlconfig import parse_yaml as parse_yaml
 
 C = TypeVar("C")
-
-
-class _ConfigLoader(yaml.SafeLoader):
-    """YAML as people write configs: ``1e-3`` is a float (PyYAML's YAML 1.1 reads a string)."""
-
-
-_ConfigLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
-
-
-def parse_yaml(text: str) -> Any:
-    """One YAML document or scalar, read with the config rules above."""
-    return yaml.load(text, Loader=_ConfigLoader)
 
 
 class ConfigError(ValueError):
