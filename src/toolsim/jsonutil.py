@@ -7,6 +7,10 @@ from typing import Any
 
 import orjson
 
+MAX_SAFE_INT = 2**53 - 1
+"""Largest integer every JSON reader keeps exact (JavaScript's ``Number.MAX_SAFE_INTEGER``):
+the bound of seeds, which go into digests and to the engine."""
+
 
 def canonical(value: Any) -> bytes:
     """Compact JSON with sorted keys: equal values give equal bytes."""

@@ -18,7 +18,7 @@ from jsonschema.exceptions import ValidationError
 
 from toolsim import schemas
 from toolsim.errors import InvalidArgumentsError, InvalidToolDefinitionError
-from toolsim.jsonutil import digest
+from toolsim.jsonutil import canonical, digest
 
 TOOL_MODES = ("simulated", "live", "record")
 """How the ToolActor answers a tool: the LLM; the real tool; the real tool, stored in the cache
@@ -37,6 +37,64 @@ DEFAULT_OUTPUT_SCHEMA: dict[str, Any] = {
 }
 """Output schema of a tool without one whose schema was not inferred (inference off, or it
 failed): ``{"result": "<text>"}``. No description: a small model copies prose it is shown."""
+
+TOOL_NAME_SCHEMA: dict[str, Any] = {"type": "string", "pattern": NAME_RE.pattern}
+JSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A JSON Schema (2020-12; local $refs only, RE2 patterns, at most 64 kB)",
+}
+TOOL_DEFINITION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "An OpenAI tool definition; names are unique within a toolset",
+    "properties": {
+        "type": {"const": "function"},
+        "function": {
+            "type": "object",
+            "properties": {
+                "name": TOOL_NAME_SCHEMA,
+                "description": {"type": "string", "maxLength": MAX_DESCRIPTION_CHARS},
+                "parameters": {
+                    **JSON_SCHEMA,
+                    "description": 'The arguments\' JSON Schema, of "type": "object"',
+                    "properties": {
+                        "type": {"const": "object"},
+                        "properties": {"type": "object", "additionalProperties": JSON_SCHEMA},
+                        "required": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "uniqueItems": True,
+                        },
+                    },
+                    "required": ["type"],
+                },
+                "strict": {"type": "boolean"},
+            },
+            "required": ["name"],
+        },
+    },
+    "required": ["type", "function"],
+}
+"""What ``build_toolset`` accepts as one tool, for the services' OpenAPI documents."""
+
+
+def fits_json(value: Any) -> Any:
+    """``value`` if it encodes as JSON here: a body parser may keep integers past 64 bits,
+    which orjson (ids, digests, the registry) refuses. A pydantic ``AfterValidator``."""
+    try:
+        canonical(value)
+    except TypeError as exc:
+        raise ValueError(f"integers must fit in 64 bits ({exc})") from exc
+    return value
+
+
+def tool_map_schema(values: dict[str, Any], what: str) -> dict[str, Any]:
+    """The schema of a ``{tool name: value}`` field (``output_schemas``, ``stateful``, ...)."""
+    return {
+        "type": "object",
+        "description": f"{what}, by tool name (each a tool of the toolset)",
+        "propertyNames": TOOL_NAME_SCHEMA,
+        "additionalProperties": values,
+    }
 
 
 @dataclass(frozen=True)

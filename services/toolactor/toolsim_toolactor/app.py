@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
-from toolsim import __version__
+from toolsim import __version__, apidoc
 from toolsim.access import AccessControl, build_guard
 from toolsim.http import NO_OTEL, MetricsMiddleware, install_error_handlers
 from toolsim.llm.base import LLMBackend
@@ -23,6 +23,7 @@ from toolsim_toolactor.live import LiveExecutor
 from toolsim_toolactor.mcp import MCPFace, mcp_routes
 from toolsim_toolactor.metrics import ActorMetrics
 from toolsim_toolactor.prompt import PROMPT_TEXTS
+from toolsim_toolactor.protocol import EpisodeCreate, ToolCallsRequest, ToolsetCreate
 from toolsim_toolactor.quality import quality_gate
 from toolsim_toolactor.routes import episodes, system, tool_calls, toolsets
 from toolsim_toolactor.routes.tool_calls import ToolCallsEndpoint
@@ -109,6 +110,7 @@ def create_app(
     install_error_handlers(app)
     for module in (tool_calls, toolsets, episodes, system):
         app.include_router(module.router)
+    apidoc.install(app, (ToolCallsRequest, ToolsetCreate, EpisodeCreate))
     app.routes.extend(mcp_routes(mcp_face))  # /v1/toolsets/{toolset_id}/mcp
     app.add_middleware(MetricsMiddleware, observe=metrics.observe_request)
     app.state.guard = guard  # ToolCallsEndpoint guards the hot path itself

@@ -6,22 +6,47 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from toolsim.protocol import (
+    LiveEndpoints,
+    Modes,
+    OutputSchemas,
+    Retrieval,
+    Seed,
+    Stateful,
+    Tools,
+)
+
 JSONSchema = dict[str, Any]
 ToolMode = Literal["simulated", "live", "record"]
 Source = Literal["cache", "simulated", "live", "fault"]
 MAX_DELAY_MS = 600_000.0
+INLINE_ONLY = (
+    "output_schemas",
+    "stateful",
+    "modes",
+    "live_endpoints",
+    "retrieval",
+    "faults",
+    "infer_output_schemas",
+)
+"""Fields of ``POST /v1/tool_calls`` that go with inline ``tools`` only."""
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _required(name: str) -> dict[str, Any]:
+    return {"required": [name]}
+
+
 class FunctionCall(BaseModel):
     """``tool_call.function`` exactly as a chat completion returns it."""
 
     name: str = Field(min_length=1, max_length=64)
-    arguments: str
-    """JSON-encoded arguments (a string, as OpenAI sends them)."""
+    arguments: str = Field(json_schema_extra={"contentMediaType": "application/json"})
+    """JSON-encoded arguments (a string, as OpenAI sends them), valid against the tool's
+    ``parameters``."""
 
 
 class ToolCall(BaseModel):
@@ -96,7 +121,7 @@ class FaultRates(_Model):
 class FaultPolicy(_Model):
     """Seeded fault injection for a toolset or an episode (the episode's wins)."""
 
-    seed: int | None = None
+    seed: Seed | None = None
     """Seed of the fault draws; default the call's seed (the episode's, the request's)."""
     latency_ms: Latency | None = None
     """Delay added to every call, drawn from this distribution."""
@@ -110,19 +135,32 @@ class FaultPolicy(_Model):
 
 
 class ToolCallsRequest(_Model):
-    tools: list[dict[str, Any]] | None = None
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["tools"], "not": {"required": ["toolset_id"]}},
+                {
+                    "required": ["toolset_id"],
+                    "not": {"anyOf": [{"required": ["tools"]}, *map(_required, INLINE_ONLY)]},
+                },
+            ]
+        },
+    )
+
+    tools: Tools | None = None
     """OpenAI tool definitions, inline. Give either this or ``toolset_id``."""
     toolset_id: str | None = None
     """A toolset registered with ``POST /v1/toolsets``."""
-    output_schemas: dict[str, JSONSchema] | None = None
+    output_schemas: OutputSchemas | None = None
     """Output schema per tool name (inline tools only)."""
-    stateful: dict[str, bool] | None = None
+    stateful: Stateful | None = None
     """Tools whose observations depend on the episode history (inline tools only)."""
-    modes: dict[str, ToolMode] | None = None
+    modes: Modes | None = None
     """``simulated`` (default), ``live`` or ``record`` per tool (inline tools only)."""
-    live_endpoints: dict[str, str] | None = None
+    live_endpoints: LiveEndpoints | None = None
     """Real HTTP endpoint per ``live``/``record`` tool that is not a utility tool."""
-    retrieval: dict[str, bool] | None = None
+    retrieval: Retrieval | None = None
     """Tools whose grounded observations carry evidence (inline tools only; default: judged
     from the tool's name and parameters)."""
     faults: FaultPolicy | None = None
@@ -132,21 +170,13 @@ class ToolCallsRequest(_Model):
     fallback ``{"result"}`` schema). Inferred once per tool, then remembered."""
     tool_calls: list[ToolCall] = Field(min_length=1, max_length=128)
     episode_id: str | None = None
-    seed: int | None = None
+    seed: Seed | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:
         if (self.tools is None) == (self.toolset_id is None):
             raise ValueError("give exactly one of 'tools' and 'toolset_id'")
-        inline_only = (
-            self.output_schemas,
-            self.stateful,
-            self.modes,
-            self.live_endpoints,
-            self.retrieval,
-            self.faults,
-            self.infer_output_schemas,
-        )
+        inline_only = (getattr(self, name) for name in INLINE_ONLY)
         if self.toolset_id is not None and any(v is not None for v in inline_only):
             raise ValueError(
                 "'output_schemas', 'stateful', 'modes', 'live_endpoints', 'retrieval', "
@@ -190,12 +220,12 @@ class ToolCallsResponse(BaseModel):
 
 
 class ToolsetCreate(_Model):
-    tools: list[dict[str, Any]] = Field(min_length=1)
-    output_schemas: dict[str, JSONSchema] | None = None
-    stateful: dict[str, bool] | None = None
-    modes: dict[str, ToolMode] | None = None
-    live_endpoints: dict[str, str] | None = None
-    retrieval: dict[str, bool] | None = None
+    tools: Tools = Field(min_length=1)
+    output_schemas: OutputSchemas | None = None
+    stateful: Stateful | None = None
+    modes: Modes | None = None
+    live_endpoints: LiveEndpoints | None = None
+    retrieval: Retrieval | None = None
     """Tools whose grounded observations carry evidence (True) or never do (False)."""
     faults: FaultPolicy | None = None
     """Fault injection for every call of this toolset (an episode's policy replaces it)."""
@@ -211,6 +241,11 @@ class ToolsetOut(BaseModel):
     stateful: dict[str, bool]
     inferred_output_schemas: list[str] | None = None
     """Tools whose output schema was inferred rather than given (absent: none)."""
+    modes: dict[str, ToolMode] | None = None
+    """Tools that are not simulated (absent: every tool is)."""
+    live_endpoints: dict[str, str] | None = None
+    retrieval: dict[str, bool] | None = None
+    faults: FaultPolicy | None = None
 
 
 class Passage(_Model):
@@ -231,7 +266,7 @@ class Grounding(_Model):
 
 class EpisodeCreate(_Model):
     toolset_id: str
-    seed: int | None = None
+    seed: Seed | None = None
     grounding: Grounding | None = None
     faults: FaultPolicy | None = None
     """Fault injection for this episode's calls (replaces the toolset's policy)."""
@@ -241,3 +276,17 @@ class EpisodeOut(BaseModel):
     episode_id: str
     toolset_id: str
     seed: int
+
+
+class EpisodeEvent(BaseModel):
+    tool: str
+    arguments: dict[str, Any]
+    observation: str
+    fault: str | None = None
+    """The injected fault this call got, if one was."""
+
+
+class EpisodeDetail(EpisodeOut):
+    grounded: bool
+    events: list[EpisodeEvent]
+    """The calls answered in this episode, oldest first."""

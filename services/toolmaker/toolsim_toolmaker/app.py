@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from toolsim import __version__
+from toolsim import __version__, apidoc
 from toolsim.access import AccessControl, build_guard
 from toolsim.http import NO_OTEL, MetricsMiddleware, install_error_handlers
 from toolsim.llm.base import LLMBackend
@@ -17,6 +17,7 @@ from toolsim.schema_inference import OutputSchemaInferrer
 from toolsim_toolmaker.config import MakerSettings
 from toolsim_toolmaker.generation import ToolGenerator
 from toolsim_toolmaker.metrics import MakerMetrics
+from toolsim_toolmaker.protocol import ChatCompletionRequest, ToolsetRequest
 from toolsim_toolmaker.routes import chat, system, toolsets
 from toolsim_toolmaker.serving import ToolMakerService
 from toolsim_toolmaker.state import MakerState
@@ -83,6 +84,7 @@ def create_app(
     install_error_handlers(app)
     for module in (toolsets, chat, system):
         app.include_router(module.router)
+    apidoc.install(app, (ToolsetRequest, ChatCompletionRequest))
     app.add_middleware(MetricsMiddleware, observe=metrics.observe_request)
     if guard is not None:
         app.add_middleware(AccessControl, guard=guard)

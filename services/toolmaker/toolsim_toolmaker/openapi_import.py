@@ -11,6 +11,7 @@ before validation, so importing never touches the network.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,12 @@ from referencing.exceptions import Unresolvable
 from toolsim import schemas
 from toolsim.errors import InvalidToolDefinitionError
 from toolsim.jsonutil import canonical
+
+# openapi-spec-validator picks its schema backend at each call from this variable: jsonschema-rs
+# when that is installed (schemathesis, a dev dependency, brings it), else jsonschema. This
+# module reads jsonschema's errors (``best_match``, the failing path as ``param``), and its
+# messages must not depend on what else is installed, so it is always jsonschema.
+os.environ["OPENAPI_SPEC_VALIDATOR_SCHEMA_VALIDATOR_BACKEND"] = "jsonschema"
 
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 MAX_DESCRIPTION_CHARS = 1024

@@ -2,27 +2,74 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+
+from toolsim.protocol import OutputSchemas, Seed, Stateful
+from toolsim.tools import UTILITY_TOOLS
+from toolsim.toolsets import MAX_TOOLS, TOOL_DEFINITION_SCHEMA, fits_json
+
+_WITH_TASK = ("task", "max_tools", "utility_tools", "seed")
+_WITH_TOOLS = ("tools", "output_schemas", "stateful", "infer_output_schemas")
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _described(definition: dict[str, Any]) -> dict[str, Any]:
+    """A tool definition as the ToolMaker stores it: with a description (and, with
+    ``"strict": true``, parameters in OpenAI's strict form, said in prose)."""
+    function = definition["properties"]["function"]
+    text = {**function["properties"]["description"], "pattern": r"\S"}
+    properties = {**function["properties"], "description": text}
+    required = [*function["required"], "description"]
+    tool = {**function, "properties": properties, "required": required}
+    return {**definition, "properties": {**definition["properties"], "function": tool}}
+
+
+MakerTools = Annotated[
+    list[dict[str, Any]],
+    AfterValidator(fits_json),
+    WithJsonSchema(
+        {
+            "type": "array",
+            "items": _described(TOOL_DEFINITION_SCHEMA),
+            "minItems": 1,
+            "maxItems": MAX_TOOLS,
+        }
+    ),
+]
+
+
 class ToolsetRequest(_Model):
     """Either a task to generate tools for, or hand-written tools to validate and store."""
 
-    task: str | None = None
-    max_tools: int = 3
-    """Most task-specific tools to generate (utility tools come on top)."""
-    utility_tools: list[str] | None = None
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["task"], "not": {"anyOf": [{"required": [f]} for f in _WITH_TOOLS]}},
+                {"required": ["tools"], "not": {"anyOf": [{"required": [f]} for f in _WITH_TASK]}},
+            ]
+        },
+    )
+
+    # Bounds the service checks against its settings (max_task_chars, max_tools_limit),
+    # documented at their defaults.
+    task: str | None = Field(default=None, json_schema_extra={"pattern": r"\S", "maxLength": 4000})
+    max_tools: int = Field(default=3, json_schema_extra={"minimum": 1, "maximum": 8})
+    """Most task-specific tools to generate (utility tools come on top); at most
+    ``TOOLSIM_MAX_TOOLS_LIMIT``."""
+    utility_tools: list[str] | None = Field(
+        default=None, json_schema_extra={"items": {"enum": list(sorted(UTILITY_TOOLS))}}
+    )
     """Utility tools to merge in; default: chosen by task class. ``[]`` for none."""
-    seed: int | None = None
-    tools: list[dict[str, Any]] | None = None
-    output_schemas: dict[str, dict[str, Any]] | None = None
-    stateful: dict[str, bool] | None = None
+    seed: Seed | None = None
+    tools: MakerTools | None = None
+    output_schemas: OutputSchemas | None = None
+    stateful: Stateful | None = None
     infer_output_schemas: bool | None = None
     """Hand-written tools without an output schema get an inferred one (default true);
     false: they get the fallback ``{"result"}`` schema."""
@@ -60,7 +107,7 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
-    seed: int | None = None
+    seed: Seed | None = None
     stream: bool = False
     max_tools: int = 3
     utility_tools: list[str] | None = None

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from toolsim.access import Guard, send_error
+from toolsim.apidoc import errors, request_body
 from toolsim.errors import PayloadTooLargeError, ToolsimError
 from toolsim.http import JSONBytesResponse, read_body
 from toolsim.jsonutil import dumps
@@ -52,7 +53,14 @@ async def answer(state: ActorState, raw: bytes) -> bytes:
     return dumps({"messages": messages, "observations": infos})
 
 
-@router.post(PATH, tags=["tool calls"], response_model=ToolCallsResponse)
+@router.post(
+    PATH,
+    tags=["tool calls"],
+    operation_id="createToolCalls",
+    response_model=ToolCallsResponse,
+    responses=errors(400, 404, 413, 500, 502, 503, 504),
+    openapi_extra=request_body(ToolCallsRequest, "Give either inline 'tools' or a 'toolset_id'"),
+)
 async def tool_calls(request: Request) -> Response:
     state = actor_state(request)
     raw = await read_body(request, state.settings.max_body_bytes)

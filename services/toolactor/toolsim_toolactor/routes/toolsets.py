@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import Response
 
+from toolsim.apidoc import errors, link, request_body
 from toolsim.http import JSONBytesResponse, parse_json, read_body
 from toolsim.toolsets import Toolset
 from toolsim_toolactor.openapi import toolset_openapi
-from toolsim_toolactor.protocol import ToolsetCreate
+from toolsim_toolactor.protocol import ToolsetCreate, ToolsetOut
 from toolsim_toolactor.routes.common import parse_model
 from toolsim_toolactor.serving import Observation
 from toolsim_toolactor.state import actor_state
@@ -20,7 +21,45 @@ def _toolset_out(toolset: Toolset) -> dict[str, object]:
     return toolset.to_record()
 
 
-@router.post("/v1/toolsets", status_code=201)
+TOOLSET_ID = "$response.body#/id"
+CREATED = {
+    "description": "The registered toolset (ids are content-addressed)",
+    "links": {
+        "GetToolset": link("getToolset", "The toolset", toolset_id=TOOLSET_ID),
+        "GetToolsetOpenAPI": link(
+            "getToolsetOpenAPI", "Its tools' REST endpoints", toolset_id=TOOLSET_ID
+        ),
+        "CallTool": link(
+            "callTool",
+            "Its first tool as a REST endpoint",
+            toolset_id=TOOLSET_ID,
+            name="$response.body#/tools/0/function/name",
+        ),
+        "CreateEpisode": {
+            **link("createEpisode", "An episode over this toolset"),
+            "requestBody": {"toolset_id": TOOLSET_ID},
+        },
+    },
+}
+ARGUMENTS = {
+    "requestBody": {
+        "required": True,
+        "description": "The tool's arguments: an object valid against its 'parameters' "
+        "(each toolset's GET /v1/toolsets/{toolset_id}/openapi.json gives the exact schema)",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+}
+
+
+@router.post(
+    "/v1/toolsets",
+    status_code=201,
+    operation_id="createToolset",
+    response_model=ToolsetOut,
+    response_model_exclude_none=True,
+    responses={201: CREATED, **errors(400, 413, 503, 507)},
+    openapi_extra=request_body(ToolsetCreate),
+)
 async def create_toolset(request: Request) -> Response:
     state = actor_state(request)
     body = parse_model(ToolsetCreate, await read_body(request, state.settings.max_body_bytes))
@@ -37,20 +76,41 @@ async def create_toolset(request: Request) -> Response:
     return JSONBytesResponse(_toolset_out(toolset), status_code=201)
 
 
-@router.get("/v1/toolsets/{toolset_id}")
+@router.get(
+    "/v1/toolsets/{toolset_id}",
+    operation_id="getToolset",
+    response_model=ToolsetOut,
+    responses=errors(404, 503),
+)
 async def get_toolset(toolset_id: str, request: Request) -> Response:
     toolset = await actor_state(request).service.get_toolset(toolset_id)
     return JSONBytesResponse(_toolset_out(toolset))
 
 
-@router.get("/v1/toolsets/{toolset_id}/openapi.json")
+@router.get(
+    "/v1/toolsets/{toolset_id}/openapi.json",
+    operation_id="getToolsetOpenAPI",
+    responses={200: {"description": "An OpenAPI 3.1 document"}, **errors(404, 503)},
+)
 async def toolset_openapi_document(toolset_id: str, request: Request) -> Response:
     toolset = await actor_state(request).service.get_toolset(toolset_id)
     server = str(request.base_url).rstrip("/")
     return JSONBytesResponse(toolset_openapi(toolset, server))
 
 
-@router.post("/v1/toolsets/{toolset_id}/tools/{name}")
+@router.post(
+    "/v1/toolsets/{toolset_id}/tools/{name}",
+    operation_id="callTool",
+    responses={
+        200: {
+            "description": "The observation, valid against the tool's output schema "
+            "(headers X-Toolsim-Source, X-Toolsim-Flags, X-Toolsim-Fault)",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+        **errors(400, 404, 413, 500, 502, 503, 504),
+    },
+    openapi_extra=ARGUMENTS,
+)
 async def call_tool(
     toolset_id: str,
     name: str,

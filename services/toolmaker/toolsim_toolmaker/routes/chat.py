@@ -12,6 +12,7 @@ import uuid
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from toolsim.apidoc import errors, request_body
 from toolsim.errors import InvalidRequestError, NotFoundError
 from toolsim.http import JSONBytesResponse, parse_model, read_body
 from toolsim.jsonutil import dumps
@@ -26,7 +27,11 @@ class ModelNotFoundError(NotFoundError):
     code = "model_not_found"
 
 
-@router.post("/v1/chat/completions")
+@router.post(
+    "/v1/chat/completions",
+    responses=errors(400, 404, 413, 502, 503),
+    openapi_extra=request_body(ChatCompletionRequest),
+)
 async def chat_completions(request: Request) -> Response:
     state = maker_state(request)
     body = parse_model(
