@@ -36,7 +36,12 @@ from toolsim_trainer.traces.export import (
     write_export,
 )
 from toolsim_trainer.traces.generate import GenerateConfig, Teacher, generate
-from toolsim_trainer.traces.gold import NO_EVIDENCE_ANSWER, GoldPolicy, find_search_tool
+from toolsim_trainer.traces.gold import (
+    NO_EVIDENCE_ANSWER,
+    GoldPolicy,
+    find_search_tool,
+    gold_queries,
+)
 from toolsim_trainer.traces.records import TraceRecord
 from toolsim_trainer.traces.repair import (
     RepairConfig,
@@ -748,3 +753,23 @@ def check_trl_trainers(model_dir: Path, sft: Path, preference: Path, tmp_path: P
     pair = reward_trainer.train_dataset[0]
     assert len(reward_trainer.train_dataset) == len(pref_set)
     assert pair["chosen_ids"] != pair["rejected_ids"]
+
+
+def test_gold_queries_leave_out_quotes_that_a_policy_would_copy_unescaped() -> None:
+    """The SFT policy copies the gold query into its call's JSON string; a quoted title there
+    (``\\"``) was copied without its escape and broke the call (``bad_tool_call_json``)."""
+    row = QuestionRow(
+        id="q",
+        question='Who sang "Family Tradition", the 1979 song by a\\b?',
+        answers=("Hank Williams, Jr.",),
+    )
+    assert gold_queries(row, 2) == ["Who sang Family Tradition , the 1979 song by a b?"]
+    hops = QuestionRow(id="m", question="q", answers=("x",), subquestions=('the "A" >> B', "C"))
+    assert gold_queries(hops, 1) == ["the A B"]
+    call = GoldPolicy(row, [SEARCH_TOOL], max_calls=1)
+    text = render_turn(
+        AssistantTurn(
+            think="t", tool_calls=(ToolCallItem("search", {"query": call.queries[0]}),)
+        )
+    )
+    assert '\\"' not in text and "\\\\" not in text

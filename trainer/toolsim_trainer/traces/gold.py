@@ -76,10 +76,17 @@ def find_search_tool(tools: Sequence[dict[str, Any]]) -> SearchTool:
     raise GoldError(f"the gold teacher needs a search-like tool (a string parameter); got {names}")
 
 
+QUERY_DROPS = str.maketrans({'"': " ", "\\": " ", ">": " "})
+"""Left out of queries: a search needs no quotes, and a policy that copies a quoted title into
+the call's JSON string unescaped breaks the call (``bad_tool_call_json`` was every grammar error
+of the SFT policy on held-out questions); ``>>`` joins MuSiQue's decomposition steps."""
+
+
 def gold_queries(row: QuestionRow, max_calls: int) -> list[str]:
-    """One search query per hop (the decomposition when the row has one), at most ``max_calls``."""
+    """One search query per hop (the decomposition when the row has one), at most ``max_calls``:
+    the question's words, without quotes or backslashes."""
     steps = row.subquestions or (row.question,)
-    queries = [" ".join(step.replace(">>", " ").split()) for step in steps]
+    queries = [" ".join(step.translate(QUERY_DROPS).split()) for step in steps]
     return queries[: max(1, max_calls)]
 
 
