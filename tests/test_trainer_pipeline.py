@@ -31,6 +31,7 @@ def tiny_config(out: Path) -> PipelineConfig:
         questions_limit=2,
         val_fraction=0.5,
         corpora=[str(DATA / "hotpotqa_train_corpus.json")],
+        trace_tools="mixed",  # as the demo: gold traces on simulated and on live search
         runs=["base", "sft", "grpo"],
         eval_limits={"max_turns": 2, "max_tool_calls": 1, "max_tokens": 32},
         eval_concurrency=2,
@@ -69,8 +70,13 @@ def test_tiny_pipeline_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     train = [json.loads(line) for line in (out / "split" / "train.jsonl").open()]
     heldout = [json.loads(line) for line in (out / "split" / "heldout.jsonl").open()]
     assert len(train) == len(heldout) == 2
-    traced = {json.loads(line)["question"] for line in (out / "traces" / "traces.jsonl").open()}
-    assert traced == {r["question"] for r in train}  # held-out questions are never traced
+    for mode in ("simulated", "live"):  # held-out questions are never traced
+        lines = (out / "traces" / f"traces-{mode}.jsonl").open()
+        traced = [json.loads(line) for line in lines]
+        assert {t["question"] for t in traced} == {r["question"] for r in train}, mode
+        assert len({t["toolset_id"] for t in traced}) == 1, mode
+    traces = json.loads((out / "traces" / "done.json").read_text())
+    assert traces["trace_tools"] == ["simulated", "live"]
     for stage in ("split", "traces", "sft", "grpo", "eval"):
         assert (out / stage / "done.json").is_file(), stage
     assert (out / "sft" / "run" / "final" / "adapter_config.json").is_file()

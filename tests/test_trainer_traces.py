@@ -768,8 +768,34 @@ def test_gold_queries_leave_out_quotes_that_a_policy_would_copy_unescaped() -> N
     assert gold_queries(hops, 1) == ["the A B"]
     call = GoldPolicy(row, [SEARCH_TOOL], max_calls=1)
     text = render_turn(
-        AssistantTurn(
-            think="t", tool_calls=(ToolCallItem("search", {"query": call.queries[0]}),)
-        )
+        AssistantTurn(think="t", tool_calls=(ToolCallItem("search", {"query": call.queries[0]}),))
     )
     assert '\\"' not in text and "\\\\" not in text
+
+
+async def test_the_policy_reads_each_observation_cut_at_max_observation_chars(
+    actor: Actor,
+) -> None:
+    """Traces and evaluation cut what the policy reads as GRPO's rollout does (there in tokens):
+    the trace and the next prompt hold the cut text with its mark, the full observation stays
+    in the tool results."""
+    from toolsim_trainer.agent import TRUNCATED_MARK, ToolContext, run_agent
+
+    row = ROWS[0]
+    policy = ScriptedPolicy(GOOD)
+    tools = ToolContext(actor.client, actor.toolset_id, [SEARCH_TOOL])
+    limits = AgentLimits(max_turns=4, max_tool_calls=3, max_observation_chars=20)
+    result = await run_agent(policy, row.question, tools, seed=0, limits=limits)
+    assert result.status == "answered"
+    full = result.tool_results[0].content
+    assert len(full) > 20
+    (response,) = result.trace.turns[1].responses  # type: ignore[union-attr]
+    assert response.content == full[:20] + TRUNCATED_MARK
+    seen = [m["content"] for m in policy.seen[1] if m["role"] == "tool"]
+    assert seen == [full[:20] + TRUNCATED_MARK]
+    whole = await run_agent(
+        ScriptedPolicy(GOOD), row.question, tools, seed=0, limits=AgentLimits(max_turns=4)
+    )
+    assert whole.trace.turns[1].responses[0].content == full  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="max_observation_chars"):
+        AgentLimits(max_observation_chars=0)

@@ -28,6 +28,9 @@ from toolsim_trainer.grammar import (
 )
 from toolsim_trainer.policy import Policy, PolicyError
 
+TRUNCATED_MARK = " …[truncated]"
+"""Ends an observation cut before the policy reads it (here and in GRPO's rollout)."""
+
 Status = Literal["answered", "grammar_error", "budget_exhausted", "max_turns", "failed"]
 
 
@@ -41,10 +44,16 @@ class AgentLimits:
     """Tokens per assistant turn."""
     temperature: float = 0.0
     """0 = greedy (deterministic given the seed)."""
+    max_observation_chars: int | None = None
+    """What the policy reads of each observation: a longer one is cut here and marked
+    (``TRUNCATED_MARK``), as GRPO's rollout cuts at ``max_observation_tokens``; None = all.
+    Live BM25 passages run to ~750 tokens where grounded simulated ones are ~50."""
 
     def __post_init__(self) -> None:
         if self.max_turns < 1 or self.max_tool_calls < 0 or self.max_tokens < 1:
             raise ValueError("max_turns and max_tokens must be >= 1, max_tool_calls >= 0")
+        if self.max_observation_chars is not None and self.max_observation_chars < 1:
+            raise ValueError("max_observation_chars must be >= 1 (or None for no limit)")
 
 
 @dataclass
@@ -113,7 +122,7 @@ async def run_agent(
             return _end(result, "answered")
         if result.tool_calls + len(parsed.tool_calls) > limits.max_tool_calls:
             return _end(result, "budget_exhausted")
-        turn, responses = await _act(parsed, turn_index, tools, result)
+        turn, responses = await _act(parsed, turn_index, tools, result, limits)
         timing["tools_s"] = responses[1]
         result.trace.turns.extend([turn, responses[0]])
         unavailable = [r for r in result.tool_results if r.code == "tool_unavailable"]
@@ -123,7 +132,11 @@ async def run_agent(
 
 
 async def _act(
-    parsed: AssistantTurn, turn_index: int, tools: ToolContext, result: AgentResult
+    parsed: AssistantTurn,
+    turn_index: int,
+    tools: ToolContext,
+    result: AgentResult,
+    limits: AgentLimits,
 ) -> tuple[AssistantTurn, tuple[ToolTurn, float]]:
     """Send the turn's calls (ids assigned here) and build the tool turn."""
     calls = tuple(
@@ -141,8 +154,18 @@ async def _act(
         )
         seconds = time.perf_counter() - started
     result.tool_results.extend(observed)
-    tool_turn = ToolTurn(tuple(ToolResponse(r.tool_call_id, r.content) for r in observed))
+    cap = limits.max_observation_chars
+    tool_turn = ToolTurn(
+        tuple(ToolResponse(r.tool_call_id, clip_observation(r.content, cap)) for r in observed)
+    )
     return turn, (tool_turn, seconds)
+
+
+def clip_observation(content: str, max_chars: int | None) -> str:
+    """``content`` as the policy reads it: cut at ``max_chars`` and marked when longer."""
+    if max_chars is None or len(content) <= max_chars:
+        return content
+    return content[:max_chars] + TRUNCATED_MARK
 
 
 def _no_tools(call: ToolCallItem) -> ToolResult:

@@ -530,6 +530,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tool-calls", type=int, default=AgentLimits.max_tool_calls)
     p.add_argument("--max-tokens", type=int, default=AgentLimits.max_tokens)
     p.add_argument("--temperature", type=float, default=AgentLimits.temperature)
+    p.add_argument(
+        "--max-observation-chars",
+        type=int,
+        help="what the policy reads of each observation (default: all of it)",
+    )
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--threads", type=int, help="local: torch threads (1 on a shared machine)")
     p.add_argument("--seed", type=int, default=0)
@@ -555,6 +560,7 @@ def configs_from_args(args: argparse.Namespace) -> list[EvalConfig]:
         max_tool_calls=args.max_tool_calls,
         max_tokens=args.max_tokens,
         temperature=args.temperature,
+        max_observation_chars=args.max_observation_chars,
     )
     configs = []
     for data in args.data:

@@ -43,6 +43,7 @@ from toolsim_trainer.yamlconfig import parse_yaml
 log = logging.getLogger(__name__)
 
 RUNS = ("base", "sft", "grpo", "control", "grpo-live")
+TRACE_TOOLS = ("simulated", "live", "mixed")
 COMPARISONS = (
     ("sft", "base"),
     ("grpo", "sft"),
@@ -74,7 +75,10 @@ class PipelineConfig:
     corpora: list[str] = field(default_factory=list)
     """Passage files behind the live ``search`` (the eval sets' real corpora among them)."""
     trace_tools: str = "simulated"
-    """Tools of the gold-bootstrap traces: ``simulated`` (grounded) or ``live``."""
+    """Tools of the gold-bootstrap traces: ``simulated`` (grounded), ``live`` (BM25 over the
+    corpora), or ``mixed``: every train question traced with both, so the SFT policy has seen
+    both kinds of observation (trained on grounded ones only, it broke the grammar after most
+    live observations)."""
     runs: list[str] = field(default_factory=lambda: list(RUNS))
     sft: dict[str, Any] = field(default_factory=dict)
     grpo: dict[str, Any] = field(default_factory=dict)
@@ -104,8 +108,10 @@ class PipelineConfig:
         for path in [*self.questions, *self.corpora, *(e.data for e in self.eval_sets)]:
             if not Path(path).is_file():
                 raise ValueError(f"{path} does not exist (paths are relative to the working dir)")
-        if self.trace_tools not in ("simulated", "live"):
-            raise ValueError("trace_tools must be simulated or live")
+        if self.trace_tools not in TRACE_TOOLS:
+            raise ValueError(f"trace_tools must be one of {', '.join(TRACE_TOOLS)}")
+        if self.trace_tools != "simulated" and not self.corpora:
+            raise ValueError(f"trace_tools={self.trace_tools} searches live: list corpora")
         if any(e.tools == "live" for e in self.eval_sets) and not self.corpora:
             raise ValueError("live eval sets need corpora (the passages behind live search)")
         if self.toolactor_url is not None and self.actor_env:
@@ -220,30 +226,35 @@ class Pipeline:
         from toolsim_trainer.traces.scoring import ScoreConfig, score_record
 
         rows = load_rows(self.root / "split" / "train.jsonl")
-        config = GenerateConfig(
-            out=folder / "traces.jsonl",
-            toolset_id=toolsets[self.config.trace_tools],
-            seed=self.config.seed,
-            concurrency=8,
-            limits=AgentLimits(**self.config.eval_limits),
-        )
+        mixed = self.config.trace_tools == "mixed"
+        modes = ["simulated", "live"] if mixed else [self.config.trace_tools]
+        records = []
+        for mode in modes:
+            config = GenerateConfig(
+                out=folder / (f"traces-{mode}.jsonl" if mixed else "traces.jsonl"),
+                toolset_id=toolsets[mode],
+                seed=self.config.seed,
+                concurrency=8,
+                limits=AgentLimits(**self.config.eval_limits),
+            )
 
-        async def run() -> Any:
-            async with ActorClient(url) as actor:
-                return await generate(rows, Teacher("gold"), actor, None, config)
+            async def run(config: GenerateConfig = config) -> Any:
+                async with ActorClient(url) as actor:
+                    return await generate(rows, Teacher("gold"), actor, None, config)
 
-        summary = asyncio.run(run())
-        print(summary.table(), flush=True)
+            summary = asyncio.run(run())
+            print(f"   {mode} search:", flush=True)
+            print(summary.table(), flush=True)
+            records.extend(summary.records)  # keys hold the toolset id: no clash across modes
         score_config = ScoreConfig()
-        scores = {r.key: score_record(r, score_config) for r in summary.records}
-        export = build_export(
-            outcomes_of(summary.records, scores, []), score_config, ExportConfig()
-        )
+        scores = {r.key: score_record(r, score_config) for r in records}
+        export = build_export(outcomes_of(records, scores, []), score_config, ExportConfig())
         paths = write_export(export, folder)
         print(report_table(export.report), flush=True)
         return {
             "sft": str(paths["sft"]),
             "preference": str(paths["preference"]),
+            "trace_tools": modes,
             **export.report["datasets"],
         }
 

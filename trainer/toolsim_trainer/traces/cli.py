@@ -105,6 +105,11 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
         "--max-tokens", type=int, default=AgentLimits.max_tokens, help="per assistant turn"
     )
     group.add_argument("--temperature", type=float, default=AgentLimits.temperature)
+    group.add_argument(
+        "--max-observation-chars",
+        type=int,
+        help="what the policy reads of each observation (default: all of it)",
+    )
 
 
 def _limits(args: argparse.Namespace) -> AgentLimits:
@@ -114,6 +119,7 @@ def _limits(args: argparse.Namespace) -> AgentLimits:
             max_tool_calls=args.max_tool_calls,
             max_tokens=args.max_tokens,
             temperature=args.temperature,
+            max_observation_chars=args.max_observation_chars,
         )
     )
 

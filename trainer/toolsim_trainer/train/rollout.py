@@ -49,6 +49,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from toolsim_trainer.agent import TRUNCATED_MARK
 from toolsim_trainer.clients import ActorClient, ServiceError, ServiceUnavailableError, ToolResult
 from toolsim_trainer.grammar import (
     GrammarError,
@@ -65,7 +66,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 IM_END = "<|im_end|>"
-TRUNCATED_MARK = " …[truncated]"
 
 
 @dataclass(frozen=True)
