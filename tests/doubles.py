@@ -89,8 +89,20 @@ class ScriptedBackend(LLMBackend):
         """Texts returned (one per generation, first in first out) before valid ones."""
         self.unavailable = False
         self.is_ready = True
+        self.in_flight = 0
+        """Generations running now (entered ``generate``, not yet returned)."""
+        self.peak_in_flight = 0
+        """The most generations ever running at once."""
 
     async def generate(self, request: GenerationRequest) -> Generation:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await self._generate(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _generate(self, request: GenerationRequest) -> Generation:
         inferring = request.json_schema == fields_schema()
         (self.inferences if inferring else self.calls).append(request)
         if self.delay_s:

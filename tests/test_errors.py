@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -171,13 +173,17 @@ async def test_backend_timeout_is_503_without_hang() -> None:
     backend = ScriptedBackend(delay_s=30)
     _app, client, lifespan = await start_app(backend, llm_timeout_s=0.2)
     try:
-        r = await client.post(
-            "/v1/tool_calls",
-            json={
-                "tools": [WEATHER_TOOL],
-                "tool_calls": [tool_call("get_weather", '{"city": "Oslo"}')],
-            },
-        )
+        # the tool has no output schema: its inference is bounded too (it once waited 30 s)
+        started = time.perf_counter()
+        async with asyncio.timeout(5):
+            r = await client.post(
+                "/v1/tool_calls",
+                json={
+                    "tools": [WEATHER_TOOL],
+                    "tool_calls": [tool_call("get_weather", '{"city": "Oslo"}')],
+                },
+            )
+        assert time.perf_counter() - started < 2
         assert_error(r, 503, "backend_unavailable")
         assert "0.2" in r.json()["error"]["message"]
     finally:

@@ -64,3 +64,33 @@ def test_cli_model_path_follows_settings(tmp_path: Path) -> None:
         env={"TOOLSIM_REDIS_URL": "localhost:6379", "PATH": ""},
     )
     assert bad.returncode == 2 and "redis://host:port/db" in bad.stderr
+
+
+@pytest.mark.parametrize("service", ["toolactor", "toolmaker"])
+@pytest.mark.parametrize("model_dir_set", [True, False], ids=["model_dir", "cache_dir"])
+def test_serving_without_the_model_is_a_one_line_fix_it(
+    tmp_path: Path, service: str, model_dir_set: bool
+) -> None:
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    env = {"TOOLSIM_BACKEND": "embedded", "PATH": "", "OMP_NUM_THREADS": "1"}
+    if model_dir_set:
+        env["TOOLSIM_MODEL_DIR"] = str(folder)
+        missing = folder
+    else:
+        env["TOOLSIM_CACHE_DIR"] = str(folder)
+        missing = folder / "models" / "SmolLM2-135M-Instruct"
+    out = subprocess.run(
+        [sys.executable, "-m", "toolsim", "serve", service, "--port", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert str(missing) in lines[0] and "toolsim model fetch" in lines[0], lines[0]
+    if model_dir_set:  # fetch refuses to run while TOOLSIM_MODEL_DIR is set: say so
+        assert "unset it" in lines[0], lines[0]

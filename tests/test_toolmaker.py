@@ -3,7 +3,10 @@ the OpenAI chat-completions face, and the ToolActor resolving what it stored."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -12,6 +15,7 @@ from jsonschema import Draft202012Validator
 
 from tests.conftest import WEATHER_TOOL, tool_call
 from tests.doubles import ScriptedBackend
+from toolsim import toolsets
 from toolsim.registry import MemoryRegistry
 from toolsim_toolactor import ActorSettings
 from toolsim_toolactor import create_app as create_actor
@@ -205,3 +209,58 @@ async def test_openai_sdk_drives_generation_through_chat_completions(pair: Pair)
         )
     models = await client.models.list()
     assert "toolmaker" in [m.id for m in models.data]
+
+
+@asynccontextmanager
+async def lone_maker(backend: ScriptedBackend, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(MakerSettings(**settings), backend=backend, registry=MemoryRegistry())
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://maker") as client:
+            yield client
+
+
+async def test_a_generated_toolset_is_built_once(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[str] = []
+    build_tool = toolsets._build_tool
+
+    def counting(i: int, definition: dict[str, Any], *args: Any) -> toolsets.Tool:
+        tool = build_tool(i, definition, *args)
+        built.append(tool.name)
+        return tool
+
+    monkeypatch.setattr(toolsets, "_build_tool", counting)
+    r = await pair.maker.post("/v1/toolsets", json={"task": TASK, "max_tools": 2, "seed": 0})
+    assert r.status_code == 201, r.text
+    names = [t["function"]["name"] for t in r.json()["tools"]]
+    assert sorted(built) == sorted(names), f"tools built {built} for a toolset of {names}"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"task": TASK}, {"tools": [WEATHER_TOOL]}],
+    ids=["generation", "schema_inference"],
+)
+async def test_a_stalled_backend_is_503_within_the_timeout(body: dict[str, Any]) -> None:
+    async with lone_maker(ScriptedBackend(delay_s=30), llm_timeout_s=0.2) as maker:
+        started = time.perf_counter()
+        async with asyncio.timeout(5):  # the old ToolMaker waited out every 30 s generation
+            r = await maker.post("/v1/toolsets", json=body)
+        elapsed = time.perf_counter() - started
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "backend_unavailable"
+    assert "0.2 s" in r.json()["error"]["message"]
+    assert int(r.headers["retry-after"]) > 0
+    assert elapsed < 2, f"{elapsed:.1f} s for a 0.2 s timeout"
+
+
+async def test_generations_in_flight_are_capped() -> None:
+    backend = ScriptedBackend(delay_s=0.05)
+    async with lone_maker(backend, max_concurrent_generations=2) as maker:
+        bodies = [{"task": f"{TASK} ({i})", "seed": i} for i in range(6)]
+        responses = await asyncio.gather(*(maker.post("/v1/toolsets", json=b) for b in bodies))
+    assert [r.status_code for r in responses] == [201] * 6
+    assert len(backend.calls) >= 12  # a classification and a generation per task
+    assert backend.peak_in_flight == 2, f"{backend.peak_in_flight} generations at once, cap 2"

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from toolsim.config import CommonSettings
+from toolsim.llm.factory import ModelNotFetchedError, build_backend
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,6 +25,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # invalid settings: say how to fix them, no traceback
         print(f"toolsim: {exc}", file=sys.stderr)
         return 2
+    except ModelNotFetchedError as exc:  # the same: one line, the command that fixes it
+        print(f"toolsim: {exc}", file=sys.stderr)
+        return 1
     return code
 
 
@@ -61,7 +65,9 @@ def _serve_toolactor(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = ActorSettings(**overrides)
-    app = create_app(settings)
+    # the backend is built here, not in the lifespan: a missing model raises before uvicorn
+    # starts, and ``main`` prints one line where the lifespan would print a traceback
+    app = create_app(settings, backend=build_backend(settings))
     # The hot path once more, outside FastAPI itself: its request dispatch and error
     # middleware cost the cache-hit path ~5% (py-spy). Everything else passes through.
     return _serve(ToolCallsEndpoint(app, app), settings.host, settings.port, settings.log_level)
@@ -72,7 +78,8 @@ def _serve_toolmaker(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in (("host", args.host), ("maker_port", args.port)) if v is not None}
     settings = MakerSettings(**overrides)
-    return _serve(create_app(settings), settings.host, settings.maker_port, settings.log_level)
+    app = create_app(settings, backend=build_backend(settings))  # as for the ToolActor
+    return _serve(app, settings.host, settings.maker_port, settings.log_level)
 
 
 def _serve(app: object, host: str, port: int, log_level: str) -> int:

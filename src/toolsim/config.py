@@ -39,6 +39,9 @@ class CommonSettings(BaseSettings):
     """Bearer token for the server, if it wants one."""
     llm_timeout_s: float = Field(default=120.0, gt=0)
     """Longest wait for one generation before the call fails with 503."""
+    max_concurrent_generations: int = Field(default=64, ge=1)
+    """Generations in flight at once in this process; more wait their turn (the backend
+    batches what is in flight). The wait does not count against ``llm_timeout_s``."""
     llm_connect_retries: int = Field(default=2, ge=0, le=10)
     """Retries on connection errors and 502/503 from the server (with backoff)."""
     embedded_max_batch: int = Field(default=16, ge=1, le=256)

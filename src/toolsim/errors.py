@@ -14,6 +14,7 @@
     ├── RateLimitExceededError        429 rate_limit_exceeded  (the key's token bucket is empty)
     ├── RegistryFullError             507 registry_full        (in-memory registry at its cap)
     ├── BackendUnavailableError       503 backend_unavailable  (engine down or timing out)
+    │   ├── BackendTimeoutError       503 backend_unavailable  (no answer within llm_timeout_s)
     │   └── StoreUnavailableError     503 store_unavailable    (registry's Redis down)
     ├── GenerationFailedError         502 generation_failed    (no valid observation after retries)
     └── LiveToolError                 502 live_tool_failed     (a real endpoint failed)
@@ -147,6 +148,11 @@ class BackendUnavailableError(ToolsimError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_s)}
+
+
+class BackendTimeoutError(BackendUnavailableError):
+    """A generation started but the engine did not answer in time (same code: a client
+    retries either the same way; the services count the two apart)."""
 
 
 class GenerationFailedError(ToolsimError):

@@ -13,6 +13,7 @@ from toolsim import __version__, apidoc
 from toolsim.access import AccessControl, build_guard
 from toolsim.http import NO_OTEL, MetricsMiddleware, install_error_handlers
 from toolsim.llm.base import LLMBackend
+from toolsim.llm.bounded import BoundedBackend
 from toolsim.llm.factory import build_backend
 from toolsim.registry import MemoryRegistry, RedisRegistry, Registry, redis_client
 from toolsim.schema_inference import OutputSchemaInferrer
@@ -50,7 +51,13 @@ def create_app(
         live = _live(settings)
         await live.start()  # a python tool that cannot run fails start-up, not its first call
         redis_client = _redis(settings)
-        llm = backend or build_backend(settings)
+        # observations and schema inference share one deadline per generation and one cap
+        # on those in flight, as on the ToolMaker
+        llm = BoundedBackend(
+            backend or build_backend(settings),
+            timeout_s=settings.llm_timeout_s,
+            max_concurrent=settings.max_concurrent_generations,
+        )
         obs_cache = cache or _cache(settings, redis_client, metrics)
         reg = registry or _registry(settings, redis_client)
         await llm.start()
@@ -66,8 +73,6 @@ def create_app(
             max_tokens=settings.max_tokens,
             presence_penalty=settings.presence_penalty,
             max_attempts=settings.max_generation_attempts,
-            timeout_s=settings.llm_timeout_s,
-            max_concurrent=settings.max_concurrent_generations,
             gates=(quality_gate(PROMPT_TEXTS),),
         )
         inferrer = OutputSchemaInferrer(

@@ -63,8 +63,6 @@ class ActorSettings(CommonSettings):
     metadata addresses are refused otherwise), e.g. ``["10.0.5.0/24"]``."""
     live_max_response_bytes: int = Field(default=1_048_576, ge=1024)
     """Largest answer read from a live endpoint (then 502)."""
-    max_concurrent_generations: int = Field(default=64, ge=1)
-    """Generations in flight at once; more wait (the backend batches what is in flight)."""
 
     @model_validator(mode="after")
     def _check_live(self) -> Self:

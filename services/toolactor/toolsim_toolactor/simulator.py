@@ -19,14 +19,13 @@ generation is), in a millisecond instead of seconds.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from toolsim.errors import BackendUnavailableError, GenerationFailedError
+from toolsim.errors import BackendTimeoutError, BackendUnavailableError, GenerationFailedError
 from toolsim.llm.base import GenerationRequest, LLMBackend
 from toolsim.toolsets import Tool
 from toolsim_toolactor.checks import PASSED, Gate, Verdict, check_input, judge
@@ -57,18 +56,16 @@ class Simulator:
         max_tokens: int,
         presence_penalty: float = 0.0,
         max_attempts: int,
-        timeout_s: float,
-        max_concurrent: int,
         gates: tuple[Gate, ...] = (),
     ) -> None:
         self._backend = backend
+        """The process's ``BoundedBackend``: it caps generations in flight and fails one that
+        outlasts ``llm_timeout_s`` with ``BackendTimeoutError``."""
         self._metrics = metrics
         self._temperature = temperature
         self._presence_penalty = presence_penalty
         self._max_tokens = max_tokens
         self._max_attempts = max_attempts
-        self._timeout_s = timeout_s
-        self._slots = asyncio.Semaphore(max_concurrent)
         self._gates = gates
         """Gates every call without evidence meets (``quality``)."""
         self.sampling = (temperature, presence_penalty, max_tokens)
@@ -162,13 +159,10 @@ class Simulator:
     async def _generate(self, request: GenerationRequest) -> tuple[str, str]:
         started = time.perf_counter()
         try:
-            async with self._slots, asyncio.timeout(self._timeout_s):
-                generation = await self._backend.generate(request)
-        except TimeoutError as exc:
+            generation = await self._backend.generate(request)
+        except BackendTimeoutError:
             self._metrics.backend_errors.labels("timeout").inc()
-            raise BackendUnavailableError(
-                f"the LLM backend did not answer within {self._timeout_s:g} s"
-            ) from exc
+            raise
         except BackendUnavailableError:
             self._metrics.backend_errors.labels("unavailable").inc()
             raise

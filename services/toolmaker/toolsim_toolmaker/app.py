@@ -11,6 +11,7 @@ from toolsim import __version__, apidoc
 from toolsim.access import AccessControl, build_guard
 from toolsim.http import NO_OTEL, MetricsMiddleware, install_error_handlers
 from toolsim.llm.base import LLMBackend
+from toolsim.llm.bounded import BoundedBackend
 from toolsim.llm.factory import build_backend
 from toolsim.registry import MemoryRegistry, RedisRegistry, Registry, redis_client
 from toolsim.schema_inference import OutputSchemaInferrer
@@ -42,7 +43,13 @@ def create_app(
         reg = registry or (
             RedisRegistry(client, prefix=settings.redis_prefix) if client else MemoryRegistry()
         )
-        llm = backend or build_backend(settings)
+        # classification, tool generation and schema inference all share one deadline per
+        # generation and one cap on those in flight, as the ToolActor's simulator does
+        llm = BoundedBackend(
+            backend or build_backend(settings),
+            timeout_s=settings.llm_timeout_s,
+            max_concurrent=settings.max_concurrent_generations,
+        )
         await llm.start()
         generator = ToolGenerator(
             llm,

@@ -9,6 +9,7 @@ is always well formed. Anything validation still refuses is regenerated with ano
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ from jsonschema import Draft202012Validator
 
 from toolsim.errors import GenerationFailedError, InvalidToolDefinitionError
 from toolsim.llm.base import GenerationRequest, LLMBackend
-from toolsim.toolsets import build_toolset
+from toolsim.toolsets import Toolset, build_toolset
 from toolsim_toolmaker.metrics import MakerMetrics
 from toolsim_toolmaker.taxonomy import CLASS_WORDS
 from toolsim_toolmaker.validation import check_strict_tool
@@ -74,10 +75,14 @@ def spec_schema(max_tools: int) -> dict[str, Any]:
     }
 
 
+Utilities = Mapping[str, tuple[dict[str, Any], dict[str, Any]]]
+"""Utility tools to merge in: name → (definition, output schema)."""
+
+
 @dataclass(frozen=True)
 class GeneratedTools:
-    tools: list[dict[str, Any]]
-    output_schemas: dict[str, dict[str, Any]]
+    toolset: Toolset
+    """The generated tools with the utilities merged in, validated once."""
     attempts: int
 
 
@@ -147,9 +152,17 @@ class ToolGenerator:
         return CLASS_WORDS[word][0]
 
     async def generate(
-        self, task: str, task_class: str, max_tools: int, reserved: set[str], seed: int
+        self,
+        task: str,
+        task_class: str,
+        max_tools: int,
+        utilities: Utilities,
+        seed: int,
+        *,
+        stateful: bool,
     ) -> GeneratedTools:
-        """Task-specific tools whose names avoid ``reserved`` (the utility tools)."""
+        """Task-specific tools (a generated one named like a utility gives way to it), merged
+        with ``utilities`` into one toolset; ``stateful`` flags the generated ones."""
         reasons: list[str] = []
         for attempt in range(self._attempts):
             self._metrics.generations.inc()
@@ -164,9 +177,9 @@ class ToolGenerator:
             if generation.finish_reason == "length":
                 reason = "length"
             else:
-                result, reason = _accept(generation.text, reserved, max_tools)
-                if result is not None:
-                    return GeneratedTools(result[0], result[1], attempt + 1)
+                toolset, reason = _accept(generation.text, utilities, max_tools, stateful)
+                if toolset is not None:
+                    return GeneratedTools(toolset, attempt + 1)
             self._metrics.invalid_generations.labels(reason).inc()
             reasons.append(reason)
         raise GenerationFailedError(
@@ -175,8 +188,9 @@ class ToolGenerator:
 
 
 def _accept(
-    text: str, reserved: set[str], max_tools: int
-) -> tuple[tuple[list[dict[str, Any]], dict[str, dict[str, Any]]] | None, str]:
+    text: str, utilities: Utilities, max_tools: int, stateful: bool
+) -> tuple[Toolset | None, str]:
+    """The toolset a generation makes, built (and so validated) once, or the reason not."""
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -187,20 +201,25 @@ def _accept(
     specs = value["tools"]
     tools, outputs = [], {}
     for spec in specs:
-        if spec["name"] in reserved:
+        if spec["name"] in utilities:
             continue  # the utility tool of that name will be merged in
         definition, output = spec_to_tool(spec)
         tools.append(definition)
         outputs[spec["name"]] = output
     if not tools:
         return None, "no_tools"
+    flags = {name: stateful for name in outputs}
     try:
-        build_toolset(tools, outputs)
+        toolset = build_toolset(
+            tools + [definition for definition, _ in utilities.values()],
+            {**outputs, **{name: output for name, (_, output) in utilities.items()}},
+            flags,
+        )
         for i, tool in enumerate(tools):
             check_strict_tool(tool, outputs[tool["function"]["name"]], f"tools[{i}]")
     except InvalidToolDefinitionError:
         return None, "validation"
-    return (tools, outputs), ""
+    return toolset, ""
 
 
 def classification_messages(task: str) -> list[dict[str, str]]:

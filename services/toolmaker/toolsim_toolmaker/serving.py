@@ -89,13 +89,15 @@ class ToolMakerService:
     ) -> Record:
         task_class = await self._generator.classify(task, seed)
         names = list(DEFAULT_UTILITIES[task_class]) if utility_tools is None else utility_tools
-        utilities = utility_definitions(names)
-        generated = await self._generator.generate(task, task_class, max_tools, set(names), seed)
-        stateful = task_class in STATEFUL_BY_DEFAULT
-        tools = generated.tools + [definition for definition, _ in utilities.values()]
-        outputs = {**generated.output_schemas, **{n: o for n, (_, o) in utilities.items()}}
-        flags = {t["function"]["name"]: stateful for t in generated.tools}
-        record = await self._store(build_toolset(tools, outputs, flags).to_record(), task_class)
+        generated = await self._generator.generate(
+            task,
+            task_class,
+            max_tools,
+            utility_definitions(names),
+            seed,
+            stateful=task_class in STATEFUL_BY_DEFAULT,
+        )
+        record = await self._store(generated.toolset.to_record(), task_class)
         await self._registry.put_alias(key, record["id"])
         self._metrics.toolsets.labels("generated").inc()
         return record

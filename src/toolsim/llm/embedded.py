@@ -64,13 +64,20 @@ class EmbeddedStats:
     decode_steps: int = 0
     """Forward passes that advanced the running batch by one token."""
     max_batch_size: int = 0
-    """The most rows ever decoded together in one forward pass."""
+    """The most rows ever decoded together in one forward pass (a running maximum: to see
+    what some requests did, compare ``decode_steps_with`` before and after them)."""
+    decode_steps_by_rows: dict[int, int] = field(default_factory=dict)
+    """Decode steps by the number of rows they advanced together."""
     requests_completed: int = 0
     requests_failed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     grammar_cache_hits: int = 0
     grammar_cache_misses: int = 0
+
+    def decode_steps_with(self, rows: int) -> int:
+        """Decode steps that advanced at least ``rows`` rows together."""
+        return sum(n for width, n in self.decode_steps_by_rows.items() if width >= rows)
 
 
 @dataclass
@@ -612,6 +619,8 @@ class EmbeddedBackend(LLMBackend):
         self.stats.forward_passes += 1
         self.stats.decode_steps += 1
         self.stats.max_batch_size = max(self.stats.max_batch_size, batch)
+        by_rows = self.stats.decode_steps_by_rows
+        by_rows[batch] = by_rows.get(batch, 0) + 1
 
     def _select(self, keep: list[int]) -> None:
         """Keep only rows ``keep``, then drop cache columns that are padding in every row."""
@@ -667,7 +676,8 @@ class EmbeddedBackend(LLMBackend):
 
     def stats_snapshot(self) -> EmbeddedStats:
         """A copy of the counters."""
-        return replace(self.stats)
+        stats = self.stats
+        return replace(stats, decode_steps_by_rows=dict(stats.decode_steps_by_rows))
 
 
 def resolve_dtype(name: str) -> torch.dtype:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from toolsim.config import CommonSettings
 from toolsim.llm.base import LLMBackend
 from toolsim.llm.vllm import VLLMBackend
@@ -22,10 +24,7 @@ def build_backend(settings: CommonSettings) -> LLMBackend:
         )
     model_dir = settings.resolved_model_dir
     if not (model_dir / "config.json").is_file():
-        raise ModelNotFetchedError(
-            f"no model at {model_dir}: run `toolsim model fetch` first "
-            "(or set TOOLSIM_BACKEND=vllm and TOOLSIM_VLLM_URL)"
-        )
+        raise ModelNotFetchedError(_missing_model(settings, model_dir))
     try:
         from toolsim.llm.embedded import EmbeddedBackend
     except ImportError as exc:
@@ -38,4 +37,20 @@ def build_backend(settings: CommonSettings) -> LLMBackend:
         batch_wait_ms=settings.embedded_batch_wait_ms,
         num_threads=settings.embedded_threads,
         dtype=settings.embedded_dtype,
+    )
+
+
+def _missing_model(settings: CommonSettings, model_dir: Path) -> str:
+    """What is missing and the command that fixes it (``toolsim model fetch`` writes under
+    ``TOOLSIM_CACHE_DIR`` and refuses to run while ``TOOLSIM_MODEL_DIR`` is set)."""
+    if settings.model_dir is not None:
+        fix = (
+            "point TOOLSIM_MODEL_DIR at a fetched model folder, or unset it and run "
+            "`toolsim model fetch` (or `make model`)"
+        )
+    else:
+        fix = "run `toolsim model fetch` (or `make model`) first"
+    return (
+        f"no model at {model_dir} (no config.json there): {fix}; or serve from a vLLM server "
+        "with TOOLSIM_BACKEND=vllm and TOOLSIM_VLLM_URL"
     )
