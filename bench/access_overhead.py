@@ -25,7 +25,6 @@ from typing import Any
 
 from toolsim.llm.base import Generation, GenerationRequest, LLMBackend
 from toolsim_toolactor import ActorSettings, create_app
-from toolsim_toolactor.routes.tool_calls import ToolCallsEndpoint
 
 BODY = json.dumps(
     {
@@ -110,7 +109,7 @@ async def main() -> None:
     for life in lives:
         await life.__aenter__()
     try:
-        served = {name: ToolCallsEndpoint(app, app) for name, app in apps.items()}
+        served = apps  # as `toolsim serve` serves them: the fast path is in the app
         for name, endpoint in served.items():
             await drive(endpoint, setups[name][1], 200)  # the miss, then warm hits
         for _ in range(args.rounds):

@@ -36,7 +36,6 @@ from toolsim.errors import InvalidToolDefinitionError
 from toolsim.registry import MemoryRegistry
 from toolsim.tools import PythonSandbox, ToolConfigurationError, utility_definitions
 from toolsim_toolactor import ActorSettings, create_app
-from toolsim_toolactor.routes.tool_calls import ToolCallsEndpoint
 from toolsim_toolmaker import MakerSettings
 from toolsim_toolmaker import create_app as create_maker
 from toolsim_toolmaker.openapi_import import import_openapi
@@ -564,14 +563,6 @@ async def test_api_keys_guard_every_face_and_health_stays_open() -> None:
                 with pytest.raises(openai.AuthenticationError):
                     await sdk.models.list()
             await sdk.close()
-        # the stack `toolsim serve` runs wraps the hot path once more: it is guarded too
-        served = ToolCallsEndpoint(app, app)
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=served), base_url="http://served"
-        ) as outer:
-            body = {"toolset_id": ts, "tool_calls": [weather]}
-            assert (await outer.post("/v1/tool_calls", json=body)).status_code == 401
-            assert (await outer.post("/v1/tool_calls", json=body, headers=good)).status_code == 200
     finally:
         await client.aclose()
         await life.__aexit__(None, None, None)

@@ -178,3 +178,24 @@ async def test_openai_sdk_messages_append_unchanged(actor: AppClient) -> None:
     for m in r.json()["messages"]:
         assert adapter.validate_python(m) == m
     assert r.json()["messages"][0]["tool_call_id"] == "call_abc"
+
+
+async def test_tool_calls_has_one_path_and_is_documented(actor: AppClient) -> None:
+    """``POST /v1/tool_calls`` is answered by the app's fast path only: no mounted route
+    serves it, the CLI serves ``create_app``'s app as is, and the OpenAPI document still
+    describes the operation."""
+    import inspect
+
+    from toolsim import cli
+    from toolsim_toolactor.app import ToolActorApp
+
+    app = actor.app
+    assert isinstance(app, ToolActorApp)
+    mounted = [r for r in app.routes if getattr(r, "path", None) == "/v1/tool_calls"]
+    assert mounted == []
+    document = (await actor.http.get("/openapi.json")).json()
+    operation = document["paths"]["/v1/tool_calls"]["post"]
+    assert operation["operationId"] == "createToolCalls"
+    assert "requestBody" in operation and "200" in operation["responses"]
+    source = inspect.getsource(cli)
+    assert "routes" not in source, "the CLI builds the service through create_app only"

@@ -20,7 +20,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import orjson
 import redis.asyncio as aioredis
@@ -225,25 +225,15 @@ async def send_error(send: Send, error: ToolsimError) -> None:
 
 
 class AccessControl:
-    """ASGI middleware: every HTTP request but ``OPEN_PATHS`` passes ``guard`` first.
+    """ASGI middleware: every HTTP request but ``OPEN_PATHS`` passes ``guard`` first (the
+    ToolActor's fast path checks its own requests: they never reach this middleware)."""
 
-    ``skip`` names requests that another layer guards itself (the ToolActor's fast path), so
-    no request is counted against its bucket twice.
-    """
-
-    def __init__(
-        self, app: ASGIApp, guard: Guard, skip: Callable[[Scope], bool] | None = None
-    ) -> None:
+    def __init__(self, app: ASGIApp, guard: Guard) -> None:
         self.app = app
         self.guard = guard
-        self.skip = skip
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["path"] not in OPEN_PATHS
-            and not (self.skip is not None and self.skip(scope))
-        ):
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
             error = await self.guard.admit(scope)
             if error is not None:
                 await send_error(send, error)

@@ -9,13 +9,15 @@ puts the request models in ``components`` and drops the 422s.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, models_json_schema
 from pydantic_core import core_schema
+from starlette.routing import BaseRoute
 
 REF = "#/components/schemas/{model}"
 
@@ -84,10 +86,27 @@ class RequestSchema(GenerateJsonSchema):
         return generated
 
 
-def install(app: FastAPI, request_models: Iterable[type[BaseModel]]) -> None:
-    """Make ``app.openapi()`` carry ``request_models`` and no 422 (see the module docstring)."""
+def install(
+    app: FastAPI, request_models: Iterable[type[BaseModel]], documented: Iterable[BaseRoute] = ()
+) -> None:
+    """Make ``app.openapi()`` carry ``request_models`` and no 422 (see the module docstring),
+    and the operations of ``documented``: routes answered below FastAPI's routing (the
+    ToolActor's fast path), described here and never mounted."""
     models = tuple(request_models)
-    generate: Callable[[], dict[str, Any]] = app.openapi
+    extra = tuple(documented)
+
+    def generate() -> dict[str, Any]:
+        return get_openapi(
+            title=app.title,
+            version=app.version,
+            openapi_version=app.openapi_version,
+            summary=app.summary,
+            description=app.description,
+            routes=[*extra, *app.routes],
+            tags=app.openapi_tags,
+            servers=app.servers,
+            separate_input_output_schemas=app.separate_input_output_schemas,
+        )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:

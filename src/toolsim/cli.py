@@ -61,16 +61,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve_toolactor(args: argparse.Namespace) -> int:
     from toolsim_toolactor import ActorSettings, create_app
-    from toolsim_toolactor.routes.tool_calls import ToolCallsEndpoint
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = ActorSettings(**overrides)
     # the backend is built here, not in the lifespan: a missing model raises before uvicorn
     # starts, and ``main`` prints one line where the lifespan would print a traceback
     app = create_app(settings, backend=build_backend(settings))
-    # The hot path once more, outside FastAPI itself: its request dispatch and error
-    # middleware cost the cache-hit path ~5% (py-spy). Everything else passes through.
-    return _serve(ToolCallsEndpoint(app, app), settings.host, settings.port, settings.log_level)
+    return _serve(app, settings.host, settings.port, settings.log_level)
 
 
 def _serve_toolmaker(args: argparse.Namespace) -> int:

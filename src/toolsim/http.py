@@ -48,24 +48,28 @@ def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRe
     )
 
 
+async def receive_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes with 413 (a declared length over it
+    before reading anything; a streamed body as soon as it passes it). Every route's reader."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise PayloadTooLargeError(f"request body of {int(value)} bytes exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes with 413 (before reading it all)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"request body of {declared} bytes exceeds {limit} bytes")
-    if declared is not None:
-        body = await request.body()
-    else:
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
-            chunks.append(chunk)
-        body = b"".join(chunks)
-    if len(body) > limit:
-        raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
-    return body
+    """``receive_body`` for a FastAPI route (read once: the body is not cached on ``request``)."""
+    return await receive_body(request.scope, request.receive, limit)
 
 
 def parse_json(body: bytes) -> Any:

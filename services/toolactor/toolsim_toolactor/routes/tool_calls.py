@@ -1,9 +1,10 @@
 """``POST /v1/tool_calls``: OpenAI ``tool_calls`` in, ``tool`` messages out.
 
-This is the hot path of RL rollouts, so it is served by ``ToolCallsEndpoint``, a plain ASGI
-app in front of FastAPI: the cache-hit path pays for HTTP parsing, the service call and one
-JSON encode, and not for routing, dependency injection or middleware stacks. The FastAPI
-route below answers the same way and documents the endpoint in the service's OpenAPI.
+This is the hot path of RL rollouts, so it has one path only, at the ASGI level:
+``ToolActorApp`` (the app ``create_app`` returns, whoever serves it) hands this request to
+``fast_path`` before FastAPI's routing, dependency injection and middleware stacks. The cache-hit
+path pays for HTTP parsing, the service call and one JSON encode. ``DOCUMENTED`` describes the
+operation in the OpenAPI document and is never mounted.
 """
 
 from __future__ import annotations
@@ -12,21 +13,19 @@ import logging
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request
-from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi.routing import APIRoute
+from starlette.types import Receive, Scope, Send
 
 from toolsim.access import Guard, send_error
 from toolsim.apidoc import errors, request_body
-from toolsim.errors import PayloadTooLargeError, ToolsimError
-from toolsim.http import JSONBytesResponse, read_body
+from toolsim.errors import ToolsimError
+from toolsim.http import receive_body
 from toolsim.jsonutil import dumps
 from toolsim_toolactor.protocol import ToolCallsRequest, ToolCallsResponse
 from toolsim_toolactor.routes.common import parse_model
-from toolsim_toolactor.state import ActorState, actor_state
+from toolsim_toolactor.state import ActorState
 
 log = logging.getLogger(__name__)
-router = APIRouter()
 PATH = "/v1/tool_calls"
 
 
@@ -53,76 +52,52 @@ async def answer(state: ActorState, raw: bytes) -> bytes:
     return dumps({"messages": messages, "observations": infos})
 
 
-@router.post(
+async def _documented(body: ToolCallsRequest) -> ToolCallsResponse:  # pragma: no cover
+    raise AssertionError("documentation only: ToolActorApp answers this path itself")
+
+
+DOCUMENTED = APIRoute(
     PATH,
+    _documented,
+    methods=["POST"],
     tags=["tool calls"],
     operation_id="createToolCalls",
     response_model=ToolCallsResponse,
     responses=errors(400, 404, 413, 500, 502, 503, 504),
     openapi_extra=request_body(ToolCallsRequest, "Give either inline 'tools' or a 'toolset_id'"),
 )
-async def tool_calls(request: Request) -> Response:
-    state = actor_state(request)
-    raw = await read_body(request, state.settings.max_body_bytes)
-    return JSONBytesResponse(await answer(state, raw))
+"""The operation as the OpenAPI document shows it; never mounted (``fast_path`` answers it)."""
 
 
-class ToolCallsEndpoint:
-    """Serves ``POST /v1/tool_calls`` directly; passes every other request to ``app``."""
+def handles(scope: Scope) -> bool:
+    """Whether ``fast_path`` answers this request."""
+    return bool(scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "POST")
 
-    def __init__(self, app: ASGIApp, fastapi_app: object) -> None:
-        self.app = app
-        self.fastapi_app = fastapi_app
-        # Set by create_app when API keys are: the hot path checks its own requests, so
-        # ``toolsim serve``'s outer copy of this endpoint is guarded as the inner one is.
-        self.guard: Guard | None = getattr(fastapi_app.state, "guard", None)  # type: ignore[attr-defined]
 
-    @staticmethod
-    def handles(scope: Scope) -> bool:
-        return bool(scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "POST")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
-            await self.app(scope, receive, send)
+async def fast_path(
+    state: ActorState, guard: Guard | None, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """The whole endpoint at the ASGI level: key check, body, ``answer``, one response."""
+    if guard is not None:
+        refused = await guard.admit(scope)
+        if refused is not None:
+            await send_error(send, refused)
             return
-        if self.guard is not None:
-            refused = await self.guard.admit(scope)
-            if refused is not None:
-                await send_error(send, refused)
-                return
-        started = time.perf_counter()
-        state: ActorState = self.fastapi_app.state.actor  # type: ignore[attr-defined]
-        try:
-            raw = await _read(scope, receive, state.settings.max_body_bytes)
-            status, payload, headers = 200, await answer(state, raw), []
-        except ToolsimError as exc:
-            status, payload = exc.status_code, dumps(exc.to_envelope())
-            headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers().items()]
-        except Exception as exc:
-            log.exception("unhandled error", exc_info=exc)
-            error = ToolsimError("internal error; see the server log")
-            status, payload, headers = 500, dumps(error.to_envelope()), []
-        headers += [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
-        state.metrics.observe_request(PATH, status, time.perf_counter() - started)
-
-
-async def _read(scope: Scope, receive: Receive, limit: int) -> bytes:
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise PayloadTooLargeError(f"request body of {int(value)} bytes exceeds {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    started = time.perf_counter()
+    try:
+        raw = await receive_body(scope, receive, state.settings.max_body_bytes)
+        status, payload, headers = 200, await answer(state, raw), []
+    except ToolsimError as exc:
+        status, payload = exc.status_code, dumps(exc.to_envelope())
+        headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers().items()]
+    except Exception as exc:
+        log.exception("unhandled error", exc_info=exc)
+        error = ToolsimError("internal error; see the server log")
+        status, payload, headers = 500, dumps(error.to_envelope()), []
+    headers += [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+    state.metrics.observe_request(PATH, status, time.perf_counter() - started)
