@@ -268,7 +268,53 @@ def test_toolmaker_operations_answer_as_documented(maker: FastAPI, path: str, me
 # -- links -------------------------------------------------------------------------------
 
 
-def test_links_reach_toolsets_and_episodes(actor: FastAPI) -> None:
+def test_declared_links_lead_from_a_new_toolset_to_its_episode() -> None:
+    """Each link's runtime expressions, evaluated on a real response, name a resource the
+    target operation serves: toolset -> get, openapi, first tool, episode -> get."""
+    app = create_actor(ActorSettings(), backend=ScriptedBackend())  # lifespan: to module end
+    with asgi.get_client(app) as client:
+        paths = client.get("/openapi.json").json()["paths"]
+        links = paths["/v1/toolsets"]["post"]["responses"]["201"]["links"]
+        made = client.post("/v1/toolsets", json={"tools": [WEATHER_TOOL]})
+        assert made.status_code == 201, made.text
+        toolset = made.json()
+        assert links["GetToolset"]["parameters"] == {"toolset_id": "$response.body#/id"}
+        assert (
+            client.get(f"/v1/toolsets/{_pointer(toolset, links['GetToolset'])}").status_code == 200
+        )
+        episode_link = links["CreateEpisode"]
+        assert episode_link["operationId"] == "createEpisode"
+        body = {"toolset_id": _resolve(toolset, episode_link["requestBody"]["toolset_id"])}
+        episode = client.post("/v1/episodes", json=body)
+        assert episode.status_code == 201, episode.text
+        get = paths["/v1/episodes"]["post"]["responses"]["201"]["links"]["GetEpisode"]
+        episode_id = _resolve(episode.json(), get["parameters"]["episode_id"])
+        assert client.get(f"/v1/episodes/{episode_id}").status_code == 200
+        call = links["CallTool"]["parameters"]
+        name = _resolve(toolset, call["name"])
+        answered = client.post(f"/v1/toolsets/{toolset['id']}/tools/{name}", json={"city": "Oslo"})
+        assert answered.status_code == 200, answered.text
+
+
+def _resolve(body: dict[str, Any], expression: str) -> Any:
+    """An OpenAPI ``$response.body#/json/pointer`` expression, evaluated on ``body``."""
+    prefix = "$response.body#"
+    assert expression.startswith(prefix), expression
+    value: Any = body
+    for part in expression.removeprefix(prefix).strip("/").split("/"):
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    return value
+
+
+def _pointer(body: dict[str, Any], link: dict[str, Any]) -> Any:
+    (expression,) = link["parameters"].values()
+    return _resolve(body, expression)
+
+
+def test_links_reach_toolsets_and_episodes() -> None:
+    """Stateful fuzzing through the links, on an app of its own (so what it draws does not
+    depend on what other tests registered before it)."""
+    actor = create_actor(ActorSettings(), backend=ScriptedBackend())
     schema = _schema(actor)
     reached: Counter[str] = Counter()
 
@@ -289,8 +335,11 @@ def test_links_reach_toolsets_and_episodes(actor: FastAPI) -> None:
             suppress_health_check=list(HealthCheck),
         ),
     )
+    # What the state machine draws varies from process to process (string hashing orders its
+    # links), so only the first hop is asserted here; the whole chain, toolset -> episode ->
+    # its GET, is followed link by link in test_declared_links_lead_from_a_new_toolset_...
+    print("reached through links:", dict(reached))
     assert reached["/v1/toolsets/{toolset_id}"] > 0, reached
-    assert reached["/v1/episodes/{episode_id}"] > 0, reached
 
 
 GETS = ("/v1/toolsets/{toolset_id}", "/v1/episodes/{episode_id}")
