@@ -79,16 +79,22 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-def wrk(url: str, body: bytes, connections: int, duration_s: int = 5) -> WrkResult:
-    """POST ``body`` to ``url`` with wrk (one thread, ``connections`` keep-alive connections)."""
+def wrk(
+    url: str,
+    body: bytes,
+    connections: int,
+    duration_s: int = 5,
+    headers: dict[str, str] | None = None,
+) -> WrkResult:
+    """POST ``body`` to ``url`` with wrk (one thread, ``connections`` keep-alive connections),
+    with a JSON content type and ``headers``."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk (make system-deps)")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         escaped = body.decode().replace("\\", "\\\\").replace('"', '\\"')
-        script.write(
-            f'wrk.method = "POST"\nwrk.body = "{escaped}"\n'
-            'wrk.headers["Content-Type"] = "application/json"\n'
-        )
+        script.write(f'wrk.method = "POST"\nwrk.body = "{escaped}"\n')
+        for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
+            script.write(f'wrk.headers["{name}"] = "{value}"\n')
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", script.name, url],
         capture_output=True,

@@ -241,6 +241,9 @@ def test_toolset_call_replay_and_redis_restart_through_the_stack(stack: Any) -> 
         compose("kill", "redis")
         compose("up", "-d", "--wait", "--wait-timeout", "120", "redis", timeout=180)
         FIGURES["redis_restart_s"] = round(time.perf_counter() - started, 1)
+        # the ToolActor may answer the replay below from its near-cache: what Redis kept
+        # across the SIGKILL is checked in Redis itself
+        assert cached_keys(compose) >= 1, "the observation did not survive the Redis restart"
         kept = client.get(f"{url['toolactor']}/v1/toolsets/{toolset['id']}")
         assert kept.status_code == 200 and kept.json()["tools"] == toolset["tools"], kept.text
         again = retry_post(client, f"{url['toolactor']}/v1/tool_calls", call)

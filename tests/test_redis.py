@@ -1,4 +1,7 @@
-"""The Redis cache and registry against a real redis-server, including a restart."""
+"""The Redis cache and registry against a real redis-server, including a restart.
+
+Every app here runs without its near-caches (``near_cache_max_bytes=0``), so that each call
+reaches Redis: ``test_near_cache.py`` tests them in front of it."""
 
 from __future__ import annotations
 
@@ -25,8 +28,12 @@ async def test_observations_and_toolsets_are_shared_across_instances(
     redis_server: RedisServer,
 ) -> None:
     first_backend, second_backend = ScriptedBackend(), ScriptedBackend()
-    _, a, a_life = await start_app(first_backend, redis_url=redis_server.url)
-    _, b, b_life = await start_app(second_backend, redis_url=redis_server.url)
+    _, a, a_life = await start_app(
+        first_backend, redis_url=redis_server.url, near_cache_max_bytes=0
+    )
+    _, b, b_life = await start_app(
+        second_backend, redis_url=redis_server.url, near_cache_max_bytes=0
+    )
     try:
         ra = await a.post("/v1/tool_calls", json=CALL)
         rb = await b.post("/v1/tool_calls", json=CALL)
@@ -64,7 +71,7 @@ async def test_other_sampling_settings_do_not_replay_the_cache(
         {},  # the first one's settings again: replayed
     ]
     started = [
-        await start_app(b, redis_url=redis_server.url, **s)
+        await start_app(b, redis_url=redis_server.url, near_cache_max_bytes=0, **s)
         for b, s in zip(backends, settings, strict=True)
     ]
     try:
@@ -83,11 +90,13 @@ async def test_other_sampling_settings_do_not_replay_the_cache(
 
 async def test_cache_survives_a_service_restart(redis_server: RedisServer) -> None:
     backend = ScriptedBackend()
-    _, client, life = await start_app(backend, redis_url=redis_server.url)
+    _, client, life = await start_app(backend, redis_url=redis_server.url, near_cache_max_bytes=0)
     first = (await client.post("/v1/tool_calls", json=CALL)).json()
     await client.aclose()
     await life.__aexit__(None, None, None)
-    _, client, life = await start_app(ScriptedBackend(), redis_url=redis_server.url)
+    _, client, life = await start_app(
+        ScriptedBackend(), redis_url=redis_server.url, near_cache_max_bytes=0
+    )
     try:
         again = (await client.post("/v1/tool_calls", json=CALL)).json()
         assert again["observations"][0]["source"] == "cache"
@@ -99,7 +108,7 @@ async def test_cache_survives_a_service_restart(redis_server: RedisServer) -> No
 
 async def test_redis_down_degrades_then_recovers(redis_server: RedisServer) -> None:
     backend = ScriptedBackend()
-    _, client, life = await start_app(backend, redis_url=redis_server.url)
+    _, client, life = await start_app(backend, redis_url=redis_server.url, near_cache_max_bytes=0)
     try:
         assert (await client.post("/v1/tool_calls", json=CALL)).status_code == 200
         redis_server.stop()
@@ -141,7 +150,7 @@ async def test_first_request_after_a_redis_restart_reads_the_cache(
     on one fails. It is retried once on a fresh connection, so the cached observation is
     served instead of the cache being bypassed (seen through `docker compose kill redis`)."""
     backend = ScriptedBackend()
-    _, client, life = await start_app(backend, redis_url=redis_server.url)
+    _, client, life = await start_app(backend, redis_url=redis_server.url, near_cache_max_bytes=0)
     try:
         first = (await client.post("/v1/tool_calls", json=CALL)).json()
         assert first["observations"][0]["source"] == "simulated"
@@ -222,7 +231,9 @@ async def test_identical_concurrent_calls_over_two_replicas_cost_one_generation(
     redis_server: RedisServer,
 ) -> None:
     backends = [ScriptedBackend(delay_s=0.5), ScriptedBackend(delay_s=0.5)]
-    started = [await start_app(b, redis_url=redis_server.url) for b in backends]
+    started = [
+        await start_app(b, redis_url=redis_server.url, near_cache_max_bytes=0) for b in backends
+    ]
     try:
         clients = [client for _, client, _ in started]
         answers = await asyncio.gather(
@@ -251,8 +262,8 @@ async def test_a_claim_left_by_a_dead_replica_expires_and_the_call_is_generated(
     raw = aioredis.Redis.from_url(redis_server.url)
     failing, healthy = ScriptedBackend(delay_s=0.3), ScriptedBackend()
     failing.unavailable = True
-    _, a, a_life = await start_app(failing, redis_url=redis_server.url)
-    _, b, b_life = await start_app(healthy, redis_url=redis_server.url)
+    _, a, a_life = await start_app(failing, redis_url=redis_server.url, near_cache_max_bytes=0)
+    _, b, b_life = await start_app(healthy, redis_url=redis_server.url, near_cache_max_bytes=0)
     try:
         pending = asyncio.ensure_future(a.post("/v1/tool_calls", json=CALL))
         claims: list[bytes] = []

@@ -35,6 +35,9 @@ from toolsim.registry import redis_client
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+ADMITTED = "toolsim.admitted"
+"""Set in a request's ASGI scope by a front that admitted it, so ``AccessControl`` does not
+check (and charge its bucket) twice."""
 """Answered without a key: probes and scrapes."""
 
 _BUCKET_LUA = """
@@ -233,7 +236,11 @@ class AccessControl:
         self.guard = guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+        if (
+            scope["type"] == "http"
+            and scope["path"] not in OPEN_PATHS
+            and not scope.get(ADMITTED)  # a front in the same app checked it already
+        ):
             error = await self.guard.admit(scope)
             if error is not None:
                 await send_error(send, error)

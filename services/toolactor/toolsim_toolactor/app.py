@@ -18,7 +18,7 @@ from toolsim.llm.bounded import BoundedBackend
 from toolsim.llm.factory import build_backend
 from toolsim.registry import MemoryRegistry, RedisRegistry, Registry, redis_client
 from toolsim.schema_inference import OutputSchemaInferrer
-from toolsim_toolactor.cache import MemoryCache, ObservationCache, RedisCache
+from toolsim_toolactor.cache import MemoryCache, NearCache, ObservationCache, RedisCache
 from toolsim_toolactor.config import ActorSettings
 from toolsim_toolactor.egress import Egress
 from toolsim_toolactor.live import LiveExecutor
@@ -27,6 +27,7 @@ from toolsim_toolactor.metrics import ActorMetrics
 from toolsim_toolactor.prompt import PROMPT_TEXTS
 from toolsim_toolactor.protocol import EpisodeCreate, ToolCallsRequest, ToolsetCreate
 from toolsim_toolactor.quality import quality_gate
+from toolsim_toolactor.replay import ReplayFront, ResponseCache, face_of
 from toolsim_toolactor.routes import episodes, system, tool_calls, toolsets
 from toolsim_toolactor.serving import ToolActorService
 from toolsim_toolactor.simulator import Simulator
@@ -92,7 +93,15 @@ def create_app(
             default_seed=settings.default_seed,
             history_events=settings.history_events,
         )
-        app.state.actor = ActorState(settings, llm, obs_cache, reg, metrics, service)
+        responses = front = None
+        if settings.near_cache_max_bytes:
+            responses = ResponseCache(
+                max_bytes=settings.near_cache_max_bytes, ttl_s=settings.near_cache_ttl_s
+            )
+            front = ReplayFront(responses, guard, metrics, settings.max_body_bytes)
+        app.state.actor = ActorState(
+            settings, llm, obs_cache, reg, metrics, service, responses, front
+        )
         try:
             async with mcp_face.run(service):
                 yield
@@ -131,13 +140,18 @@ class ToolActorApp(FastAPI):
 
     ``POST /v1/tool_calls`` (the RL hot path) is answered by ``tool_calls.fast_path`` before
     anything FastAPI adds (its error middleware and request dispatch cost the cache-hit path
-    ~5%, py-spy); every other request goes through FastAPI as usual."""
+    ~5%, py-spy); calls on the REST and MCP faces pass ``ReplayFront`` first, which answers
+    the ones it kept (``replay.py``); every other request goes through FastAPI as usual."""
 
     guard: Guard | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if tool_calls.handles(scope):
             await tool_calls.fast_path(self.state.actor, self.guard, scope, receive, send)
+            return
+        face = face_of(scope)
+        if face is not None and (front := self.state.actor.front) is not None:
+            await front(face, scope, receive, send, super().__call__)
             return
         await super().__call__(scope, receive, send)
 
@@ -170,8 +184,13 @@ def _cache(
         metrics.cache_errors.inc()
         metrics.cache_degraded.set(1)
 
-    return RedisCache(
+    shared = RedisCache(
         client, prefix=settings.redis_prefix, ttl_s=settings.cache_ttl_s, on_error=on_error
+    )
+    if not settings.near_cache_max_bytes:
+        return shared
+    return NearCache(
+        shared, max_bytes=settings.near_cache_max_bytes, ttl_s=settings.near_cache_ttl_s
     )
 
 

@@ -27,6 +27,12 @@ class ActorSettings(CommonSettings):
     ``maxmemory`` and ``allkeys-lru``, the registry one with ``noeviction`` (``k8s/redis.yaml``)."""
     memory_cache_size: int = Field(default=100_000, ge=1)
     """Entries kept by the in-memory LRU cache (used when no Redis URL is set)."""
+    near_cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    """Bytes of each in-process near-cache: whole responses kept for replay, and (with Redis)
+    observations kept in front of it, so a repeated call never crosses the network. 0: off."""
+    near_cache_ttl_s: float = Field(default=60.0, gt=0)
+    """How long a near-cache entry lives: how long a replica may go on serving what an
+    operator flushed from Redis (an observation under its key never changes otherwise)."""
     episode_ttl_s: int = Field(default=86_400, ge=60)
     """How long an episode and its history live after creation."""
     temperature: float = Field(default=0.7, ge=0, le=2)

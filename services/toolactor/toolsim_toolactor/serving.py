@@ -63,6 +63,9 @@ class Observation:
     """The gates it failed after every attempt (none: it passed)."""
     fault: str | None = None
     """The body fault injected into ``content``, if any."""
+    replayable: bool = False
+    """A cache hit outside any episode, on a toolset without a fault policy: the same call
+    would get the same observation again, so its whole response may be kept (``replay.py``)."""
 
 
 @dataclass(frozen=True)
@@ -297,6 +300,8 @@ class ToolActorService:
         if seed is None:
             seed = episode.seed if episode is not None else self._default_seed
         planned = await self._faults_first(toolset, episode, history, calls, seed)
+        # a fault policy draws per call (and may delay): only a plain call may be replayed
+        plain = episode is None and toolset.faults is None
         history_digest = digest(context.history) if context is not None else None
         if len(planned) == 1:  # the common case: no task or gather on the hot path
             observations = [await self._call(planned[0], episode, context, seed, history_digest)]
@@ -306,6 +311,11 @@ class ToolActorService:
                     *(self._call(c, episode, context, seed, history_digest) for c in planned)
                 )
             )
+        if not plain:
+            observations = [
+                dataclasses.replace(o, replayable=False) if o.replayable else o
+                for o in observations
+            ]
         if episode is not None:
             events = [
                 _event(c.tool, c.arguments, obs.content.decode(), obs.fault)
@@ -438,7 +448,8 @@ class ToolActorService:
         if cached is not None:
             self._metrics.cache_hits.inc()
             self._metrics.cache_observations.inc()
-            return Observation(cached, "cache", (time.perf_counter() - started) * 1000)
+            elapsed = (time.perf_counter() - started) * 1000
+            return Observation(cached, "cache", elapsed, replayable=True)
         self._metrics.cache_misses.inc()
         recorded = await self._cache.get(_recorded_key(tool, arguments))
         if recorded is not None:  # a real observation recorded earlier beats a simulated one

@@ -11,6 +11,7 @@ from toolsim.registry import Registry
 from toolsim_toolactor.cache import ObservationCache
 from toolsim_toolactor.config import ActorSettings
 from toolsim_toolactor.metrics import ActorMetrics
+from toolsim_toolactor.replay import ReplayFront, ResponseCache
 from toolsim_toolactor.serving import ToolActorService
 
 
@@ -22,6 +23,10 @@ class ActorState:
     registry: Registry
     metrics: ActorMetrics
     service: ToolActorService
+    responses: ResponseCache | None = None
+    """Whole responses kept for replay (None: the near-cache is off)."""
+    front: ReplayFront | None = None
+    """Replays them on the REST and MCP faces, in front of FastAPI."""
 
 
 def actor_state(request: Request) -> ActorState:

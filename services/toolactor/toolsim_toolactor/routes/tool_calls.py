@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Any
 
+import orjson
 from fastapi.routing import APIRoute
 from starlette.types import Receive, Scope, Send
 
@@ -22,6 +23,7 @@ from toolsim.errors import ToolsimError
 from toolsim.http import receive_body
 from toolsim.jsonutil import dumps
 from toolsim_toolactor.protocol import ToolCallsRequest, ToolCallsResponse
+from toolsim_toolactor.replay import MAX_KEPT_BODY, Kept
 from toolsim_toolactor.routes.common import parse_model
 from toolsim_toolactor.state import ActorState
 
@@ -30,7 +32,12 @@ PATH = "/v1/tool_calls"
 
 
 async def answer(state: ActorState, raw: bytes) -> bytes:
-    """The whole endpoint: request bytes in, response bytes out (errors raise)."""
+    """The whole endpoint: request bytes in, response bytes out (errors raise). A request
+    whose response was kept (``replay.py``) is answered from it, before any parsing."""
+    started = time.perf_counter()
+    kept = state.responses.get(raw) if state.responses is not None else None
+    if kept is not None:
+        return _replayed(state, kept, started)
     body = parse_model(ToolCallsRequest, raw)
     observations = await state.service.tool_calls(body)
     messages = []
@@ -49,7 +56,22 @@ async def answer(state: ActorState, raw: bytes) -> bytes:
         if obs.fault is not None:
             info["fault"] = obs.fault
         infos.append(info)
+    kept_for_replay = len(raw) <= MAX_KEPT_BODY and all(obs.replayable for obs in observations)
+    if state.responses is not None and kept_for_replay:
+        ids = [call.id for call in body.tool_calls]
+        state.responses.put(raw, Kept([], dumps(messages), len(ids), ids))
     return dumps({"messages": messages, "observations": infos})
+
+
+def _replayed(state: ActorState, kept: Kept, started: float) -> bytes:
+    """A kept response: its messages as they were, each observation a cache hit now."""
+    state.metrics.cache_hits.inc(kept.observations)
+    state.metrics.cache_observations.inc(kept.observations)
+    latency_ms = round((time.perf_counter() - started) * 1000, 3)
+    infos = [
+        {"tool_call_id": i, "source": "cache", "latency_ms": latency_ms} for i in kept.call_ids
+    ]
+    return dumps({"messages": orjson.Fragment(kept.body), "observations": infos})
 
 
 async def _documented(body: ToolCallsRequest) -> ToolCallsResponse:  # pragma: no cover
