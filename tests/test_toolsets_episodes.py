@@ -87,6 +87,20 @@ async def test_openapi_document_is_valid_3_1(actor: AppClient) -> None:
         == WEATHER_TOOL["function"]["parameters"]
     )
     assert post["responses"]["200"]["content"]["application/json"]["schema"] == WEATHER_OUTPUT
+    # every status the endpoint answers, as the service's own document lists them
+    service = (await actor.http.get("/openapi.json")).json()
+    call_tool = service["paths"]["/v1/toolsets/{toolset_id}/tools/{name}"]["post"]
+    assert set(post["responses"]) == set(call_tool["responses"])
+    assert {"401", "413", "429", "504"} <= set(post["responses"])
+    assert [p["$ref"].rsplit("/", 1)[1] for p in post["parameters"]] == ["EpisodeId", "Seed"]
+    seeded = await actor.http.post(
+        f"/v1/toolsets/{ts['id']}/tools/get_weather?seed=3", json={"city": "Oslo"}
+    )
+    assert seeded.status_code == 200, seeded.text
+    assert (
+        seeded.headers["x-toolsim-source"]
+        in doc["components"]["headers"]["Source"]["schema"]["enum"]
+    )
 
 
 async def test_episode_history_reaches_the_prompt(

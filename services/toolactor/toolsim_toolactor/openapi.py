@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from toolsim.apidoc import ERROR_STATUSES
 from toolsim.toolsets import Toolset
+
+CALL_TOOL_ERRORS = (400, 401, 404, 413, 429, 500, 502, 503, 504)
+"""What the REST tool endpoint answers besides 200: the service document's ``callTool``."""
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -47,9 +51,33 @@ def toolset_openapi(toolset: Toolset, server_url: str) -> dict[str, Any]:
                     "required": False,
                     "description": "Episode the call belongs to (consistency, grounding).",
                     "schema": {"type": "string"},
-                }
+                },
+                "Seed": {
+                    "name": "seed",
+                    "in": "query",
+                    "required": False,
+                    "description": "Seed of the observation (default: the episode's).",
+                    "schema": {"type": "integer"},
+                },
             },
+            "headers": {
+                "Source": {
+                    "description": "simulated, cache or live",
+                    "schema": {"type": "string", "enum": ["simulated", "cache", "live"]},
+                },
+                "Flags": {
+                    "description": "The gates a flagged observation failed, comma-separated",
+                    "schema": {"type": "string"},
+                },
+                "Fault": {
+                    "description": "The body fault injected into the observation",
+                    "schema": {"type": "string"},
+                },
+            },
+            # API keys, only when the server has them (TOOLSIM_API_KEYS): else no security
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
+        "security": [{"bearer": []}, {}],
     }
 
 
@@ -60,7 +88,10 @@ def _operation(toolset: Toolset, name: str) -> dict[str, Any]:
         "operationId": name,
         "summary": tool.description.split("\n", 1)[0][:120] or name,
         "description": tool.description or name,
-        "parameters": [{"$ref": "#/components/parameters/EpisodeId"}],
+        "parameters": [
+            {"$ref": "#/components/parameters/EpisodeId"},
+            {"$ref": "#/components/parameters/Seed"},
+        ],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": tool.parameters}},
@@ -68,11 +99,15 @@ def _operation(toolset: Toolset, name: str) -> dict[str, Any]:
         "responses": {
             "200": {
                 "description": "The observation",
+                "headers": {
+                    f"X-Toolsim-{name}": {"$ref": f"#/components/headers/{name}"}
+                    for name in ("Source", "Flags", "Fault")
+                },
                 "content": {"application/json": {"schema": tool.output_schema}},
             },
-            "400": {"description": "Invalid arguments", **error},
-            "404": {"description": "Unknown toolset, tool or episode", **error},
-            "502": {"description": "No valid observation could be generated", **error},
-            "503": {"description": "The simulator backend is unavailable", **error},
+            **{
+                str(status): {"description": ERROR_STATUSES[status], **error}
+                for status in CALL_TOOL_ERRORS
+            },
         },
     }
