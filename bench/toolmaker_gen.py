@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-from toolsim.llm.base import Generation, GenerationRequest, LLMBackend
+from toolsim.llm.base import DelegatingBackend, Generation, GenerationRequest, LLMBackend
 from toolsim.llm.factory import build_backend
 from toolsim.registry import MemoryRegistry
 from toolsim_toolmaker import MakerSettings, create_app
@@ -35,27 +35,17 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "context
 SOURCES = ("hotpotqa_train.json", "musique_train.json")
 
 
-class CountingBackend(LLMBackend):
+class CountingBackend(DelegatingBackend):
     """Passes every request through; counts schema-constrained generations per user prompt."""
 
     def __init__(self, inner: LLMBackend) -> None:
-        self.inner = inner
-        self.model_name = inner.model_name
+        super().__init__(inner)
         self.interface_calls: Counter[str] = Counter()
 
     async def generate(self, request: GenerationRequest) -> Generation:
         if request.json_schema is not None:
             self.interface_calls[request.messages[-1]["content"]] += 1
         return await self.inner.generate(request)
-
-    async def ready(self) -> bool:
-        return await self.inner.ready()
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
     def attempts_for(self, task: str) -> int:
         # The interface prompt's user message is "Task (<class>): <task>".

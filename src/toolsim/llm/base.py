@@ -67,3 +67,24 @@ class LLMBackend(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release resources; called once from the service lifespan."""
+
+
+class DelegatingBackend(LLMBackend):
+    """A backend in front of another: everything is passed to ``inner``; a subclass overrides
+    what it adds to (``BoundedBackend``'s deadline and cap, a benchmark's counting)."""
+
+    def __init__(self, inner: LLMBackend) -> None:
+        self.inner = inner
+        self.model_name = inner.model_name
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        return await self.inner.generate(request)
+
+    async def ready(self) -> bool:
+        return await self.inner.ready()
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

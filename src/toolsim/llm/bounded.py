@@ -12,15 +12,14 @@ from __future__ import annotations
 import asyncio
 
 from toolsim.errors import BackendTimeoutError
-from toolsim.llm.base import Generation, GenerationRequest, LLMBackend
+from toolsim.llm.base import DelegatingBackend, Generation, GenerationRequest, LLMBackend
 
 
-class BoundedBackend(LLMBackend):
+class BoundedBackend(DelegatingBackend):
     def __init__(self, backend: LLMBackend, *, timeout_s: float, max_concurrent: int) -> None:
         if timeout_s <= 0 or max_concurrent < 1:
             raise ValueError("timeout_s must be positive and max_concurrent at least 1")
-        self.inner = backend
-        self.model_name = backend.model_name
+        super().__init__(backend)
         self.timeout_s = timeout_s
         self._slots = asyncio.Semaphore(max_concurrent)
 
@@ -33,12 +32,3 @@ class BoundedBackend(LLMBackend):
                 raise BackendTimeoutError(
                     f"the LLM backend did not answer within {self.timeout_s:g} s"
                 ) from exc
-
-    async def ready(self) -> bool:
-        return await self.inner.ready()
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
