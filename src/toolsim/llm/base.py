@@ -43,6 +43,11 @@ class Generation:
     finish_reason: FinishReason
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    token_ids: tuple[int, ...] | None = None
+    """The generated token ids, without the stop token (backends that run the tokenizer
+    themselves report them; a trainer needs the exact ids it sampled)."""
+    stop_token_id: int | None = None
+    """The token that stopped the generation, when a stop token did."""
 
 
 class LLMBackend(abc.ABC):

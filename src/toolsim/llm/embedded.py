@@ -18,18 +18,36 @@ mask hides the padding and explicit ``position_ids`` keep RoPE positions per row
 Results travel back with ``loop.call_soon_threadsafe``. A request that fails (bad schema,
 prompt too long, a matcher error) fails only its own future; a failing forward pass fails
 the rows in that batch, and the worker carries on.
+
+*Prefix caching* (``prefix_cache_bytes``, like vLLM's automatic prefix caching): a row's KV
+is kept in blocks of 16 tokens (its prompt once prefilled, prompt plus completion when it
+finishes), found by a hashed chain of blocks and evicted least recently used by bytes. An
+admitted prompt reuses the KV of its longest cached prefix of whole blocks (never its last
+token: its logits pick the first new token) and prefills only the rest. In the prefill a
+row's reused KV is right-aligned in the group's prefix columns, its new tokens in the new
+columns, padding between, positions counted over the mask: rows of one group may reuse
+different lengths. So an evaluation's shared system prompt and each conversation's earlier
+turns are prefilled once; rows of one group that share a prefix the cache lacks get it from
+one extra prefill of that prefix. Reused KV differs from a fresh prefill's in the last bits
+(other matrix shapes): in float32 first-step logits move by ~4e-5 and greedy outputs stay
+the same (``bench/prefix_cache.py``); in bfloat16 they move by ~0.5, as much as batch
+composition alone moves them without the cache, so a near-tie can flip.
+
+``update_weights`` copies new weights in between two steps, in the worker thread, and
+empties the prefix cache (its KV came from the old weights).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -51,6 +69,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _GRAMMAR_CACHE_SIZE = 128
+_PREFIX_BLOCK = 16
+"""Tokens per prefix-cache block: a prompt reuses whole blocks only."""
+_SHARED_MIN = 64
+"""Uncached tokens a shared prefix must have to be worth its own prefill pass."""
+DEFAULT_PREFIX_CACHE_BYTES = 1 << 30
+"""1 GiB: about 23k tokens of SmolLM2-135M KV in float32 (46 KB a token), 46k in bfloat16."""
 
 
 @dataclass
@@ -74,6 +98,30 @@ class EmbeddedStats:
     completion_tokens: int = 0
     grammar_cache_hits: int = 0
     grammar_cache_misses: int = 0
+    prefilled_tokens: int = 0
+    """Tokens run through the model at admission (padding not counted): the prompts' tokens
+    not found in the prefix cache, plus ``prefix_shared_tokens``."""
+    prefill_padded_tokens: int = 0
+    """Positions computed at admission, padding included (rows times the new width)."""
+    prefill_seconds: float = 0.0
+    """Wall time in prefill forward passes."""
+    decode_seconds: float = 0.0
+    """Wall time in decode forward passes."""
+    prefix_lookups: int = 0
+    """Admitted prompts looked up in the prefix cache (none while it is off)."""
+    prefix_hit_tokens: int = 0
+    """Prompt tokens whose KV came from the prefix cache instead of a prefill."""
+    prefix_cache_bytes: int = 0
+    """Bytes of KV the prefix cache holds now (a level, not a counter)."""
+    prefix_evicted_blocks: int = 0
+    """Prefix-cache blocks dropped to stay within ``prefix_cache_bytes``."""
+    prefix_shared_passes: int = 0
+    """Prefills of prefixes that several prompts of one admission group share, run once
+    before the group (their tokens count in ``prefilled_tokens``)."""
+    prefix_shared_tokens: int = 0
+    """Tokens those passes prefilled."""
+    weight_updates: int = 0
+    """Completed ``update_weights`` calls."""
 
     def decode_steps_with(self, rows: int) -> int:
         """Decode steps that advanced at least ``rows`` rows together."""
@@ -104,6 +152,104 @@ class _Row:
     tokens: list[int] = field(default_factory=list)
     penalty: float = 0.0
     """Presence penalty: subtracted from the logits of the tokens in ``tokens``."""
+    weights_version: int = 0
+    """The engine's ``_weights_version`` at admission: a row that saw an update midway holds
+    KV of two weights, which must not enter the prefix cache."""
+    stop_token_id: int | None = None
+
+
+@dataclass
+class _Control:
+    """Work for the worker between two steps (a weight update), with the future it settles."""
+
+    run: Callable[[], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+@dataclass
+class _Block:
+    parent: int | None
+    """The key of the block before this one (None: the first block of a sequence)."""
+    tokens: tuple[int, ...]
+    kv: torch.Tensor
+    """``[layers, 2 (keys, values), kv_heads, block, head_dim]``."""
+
+
+class _PrefixCache:
+    """KV of token sequences the engine ran, in blocks of ``block`` tokens (worker thread
+    only).
+
+    A block's key hashes its tokens with its parent's key, so finding a prompt's longest
+    cached prefix is a walk from its first block, and sequences that share a prefix (one
+    system prompt, one conversation's earlier turns) share its blocks. Entries keep their
+    tokens and parent: a hash collision reads as a miss, never as another sequence's KV.
+    Eviction is least recently used by bytes; a chain is touched from its end back to its
+    first block, so a parent is always more recent than its children and outlives them.
+    """
+
+    def __init__(self, max_bytes: int, block: int = _PREFIX_BLOCK) -> None:
+        self.max_bytes = max_bytes
+        self.block = block
+        self.bytes = 0
+        self.evicted = 0
+        self._blocks: OrderedDict[int, _Block] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def match(self, tokens: Sequence[int], limit: int) -> list[torch.Tensor]:
+        """The KV blocks of the longest cached prefix of ``tokens[:limit]``, in order."""
+        keys: list[int] = []
+        parent: int | None = None
+        for start in range(0, limit - self.block + 1, self.block):
+            chunk = tuple(tokens[start : start + self.block])
+            key = hash((parent, chunk))
+            entry = self._blocks.get(key)
+            if entry is None or entry.parent != parent or entry.tokens != chunk:
+                break
+            keys.append(key)
+            parent = key
+        self._touch(keys)
+        return [self._blocks[key].kv for key in keys]
+
+    def store(self, tokens: Sequence[int], gather: Callable[[int, int], torch.Tensor]) -> None:
+        """Keep the whole blocks of ``tokens``. ``gather(start, end)`` returns the KV of
+        positions ``start:end`` as ``[layers, 2, kv_heads, end - start, head_dim]``; it is
+        called once, for the blocks not held yet (a suffix: a parent outlives its children)."""
+        keys: list[int] = []
+        missing: list[tuple[int, int | None, tuple[int, ...]]] = []
+        parent: int | None = None
+        for start in range(0, len(tokens) - self.block + 1, self.block):
+            chunk = tuple(tokens[start : start + self.block])
+            key = hash((parent, chunk))
+            entry = self._blocks.get(key)
+            if entry is None:
+                missing.append((key, parent, chunk))
+            elif entry.parent != parent or entry.tokens != chunk or missing:
+                break  # a collision: the other sequence keeps its block
+            keys.append(key)
+            parent = key
+        if missing:
+            first = len(keys) - len(missing)
+            kv = gather(first * self.block, len(keys) * self.block)
+            for j, (key, parent, chunk) in enumerate(missing):
+                block = kv[:, :, :, j * self.block : (j + 1) * self.block].clone()
+                self._blocks[key] = _Block(parent, chunk, block)
+                self.bytes += block.numel() * block.element_size()
+        self._touch(keys)
+        while self.bytes > self.max_bytes and self._blocks:
+            _, dropped = self._blocks.popitem(last=False)
+            self.bytes -= dropped.kv.numel() * dropped.kv.element_size()
+            self.evicted += 1
+
+    def clear(self) -> None:
+        self._blocks.clear()
+        self.bytes = 0
+
+    def _touch(self, keys: list[int]) -> None:
+        for key in reversed(keys):
+            self._blocks.move_to_end(key)
 
 
 class EmbeddedBackend(LLMBackend):
@@ -118,15 +264,21 @@ class EmbeddedBackend(LLMBackend):
         num_threads: int | None = None,
         model_name: str = "smollm2",
         dtype: str = "auto",
+        prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
     ) -> None:
+        """``prefix_cache_bytes``: the most bytes of KV the prefix cache keeps (0: no prefix
+        caching; every prompt is prefilled whole)."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
+        if prefix_cache_bytes < 0:
+            raise ValueError("prefix_cache_bytes must be 0 (off) or more")
         self.model_path = Path(model_path)
         self.max_batch_size = max_batch_size
         self.batch_wait_ms = batch_wait_ms
         self.num_threads = num_threads
         self.model_name = model_name
         self.dtype = resolve_dtype(dtype)
+        self.prefix_cache_bytes = prefix_cache_bytes
         self.stats = EmbeddedStats()
 
         self._model: PreTrainedModel | None = None
@@ -144,6 +296,7 @@ class EmbeddedBackend(LLMBackend):
 
         self._cond = threading.Condition()
         self._pending: list[_Job] = []
+        self._control: list[_Control] = []
         self._closing = False
         self._thread: threading.Thread | None = None
         self._loaded = threading.Event()
@@ -156,6 +309,8 @@ class EmbeddedBackend(LLMBackend):
         self._pos: torch.Tensor = torch.zeros(0, dtype=torch.long)
         self._logits: torch.Tensor = torch.zeros(0, 0)
         self._bitmask: torch.Tensor = torch.zeros(0, 0, dtype=torch.int32)
+        self._prefix = _PrefixCache(prefix_cache_bytes)
+        self._weights_version = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -224,6 +379,31 @@ class EmbeddedBackend(LLMBackend):
             self._pending.append(job)
             self._cond.notify()
         return await job.future
+
+    async def update_weights(self, weights: Mapping[str, torch.Tensor]) -> int:
+        """Copy ``weights`` into the model's parameters and buffers of the same names (those
+        of ``model.state_dict()``, e.g. ``model.layers.0.self_attn.q_proj.weight``; tied
+        names share one tensor), converting dtype and device; returns how many were copied.
+
+        The copy happens in the worker thread between two decode steps (or while idle), so
+        no forward pass sees half of it; the tensors must stay unchanged until this returns.
+        Every name and shape is checked first: an unknown name or a shape mismatch raises
+        ``ValueError`` naming the key and changes nothing (a value that is not a tensor:
+        ``TypeError``). The prefix cache is then emptied. Requests in flight are not waited
+        for: they may finish on either weights (their earlier tokens and KV from the old
+        ones, the rest from the new), and their KV is never cached; requests admitted after
+        the update run on the new weights only.
+        """
+        if not await self.ready():
+            raise BackendUnavailableError("embedded backend is not started")
+        loop = asyncio.get_running_loop()
+        control = _Control(lambda: self._apply_weights(weights), loop, loop.create_future())
+        with self._cond:
+            if self._closing or self._thread is None:
+                raise BackendUnavailableError("embedded backend is shutting down")
+            self._control.append(control)
+            self._cond.notify()
+        return int(await control.future)
 
     def _prepare(
         self, request: GenerationRequest
@@ -357,8 +537,11 @@ class EmbeddedBackend(LLMBackend):
             self._reset_batch()
             with self._cond:
                 pending, self._pending = self._pending, []
+                controls, self._control = self._control, []
             for job in pending:
                 self._fail(job, err)
+            for control in controls:
+                _deliver(control.loop, control.future, None, err)
 
     def _load(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -403,6 +586,7 @@ class EmbeddedBackend(LLMBackend):
             jobs = self._take_jobs()
             if jobs is None:
                 return
+            self._run_controls()
             if jobs:
                 self._admit(jobs)
             if self._rows:
@@ -414,13 +598,13 @@ class EmbeddedBackend(LLMBackend):
             if self._closing:
                 return None
             if not self._rows:
-                while not self._pending and not self._closing:
+                while not self._pending and not self._control and not self._closing:
                     self._cond.wait()
                 if self._closing:
                     return None
                 # Give concurrent callers a moment to join this batch.
                 deadline = time.monotonic() + self.batch_wait_ms / 1000.0
-                while len(self._pending) < self.max_batch_size and not self._closing:
+                while 0 < len(self._pending) < self.max_batch_size and not self._closing:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
@@ -429,10 +613,48 @@ class EmbeddedBackend(LLMBackend):
             jobs, self._pending = self._pending[:room], self._pending[room:]
         return [job for job in jobs if not job.cancelled]
 
-    def _admit(self, jobs: list[_Job]) -> None:
-        """Prefill ``jobs`` together and merge them into the running batch."""
+    def _run_controls(self) -> None:
+        with self._cond:
+            controls, self._control = self._control, []
+        for control in controls:
+            try:
+                result = control.run()
+            except Exception as exc:
+                _deliver(control.loop, control.future, None, exc)
+            else:
+                _deliver(control.loop, control.future, result, None)
+
+    def _apply_weights(self, weights: Mapping[str, torch.Tensor]) -> int:
+        """``update_weights`` in the worker thread: check everything, then copy."""
         model = self._model
         assert model is not None
+        targets = model.state_dict()
+        for name, tensor in weights.items():
+            target = targets.get(name)
+            if target is None:
+                raise ValueError(
+                    f"unknown weight {name!r}: use the names of the model's state_dict(), "
+                    f"such as {next(iter(targets))!r}"
+                )
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"weight {name!r} is a {type(tensor).__name__}, not a tensor")
+            if tuple(tensor.shape) != tuple(target.shape):
+                raise ValueError(
+                    f"weight {name!r} has shape {tuple(tensor.shape)}; the model's is "
+                    f"{tuple(target.shape)}"
+                )
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                targets[name].copy_(tensor)
+        self._weights_version += 1
+        self._prefix.clear()
+        self.stats.prefix_cache_bytes = 0
+        self.stats.weight_updates += 1
+        return len(weights)
+
+    def _admit(self, jobs: list[_Job]) -> None:
+        """Prefill ``jobs`` together (after their cached prefixes) and merge them into the
+        running batch."""
         rows: list[_Row] = []
         for job in jobs:
             try:
@@ -441,39 +663,140 @@ class EmbeddedBackend(LLMBackend):
                 self._fail(job, exc)
         if not rows:
             return
-        width = max(len(r.job.prompt_ids) for r in rows)
-        ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
-        attn = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            n = len(row.job.prompt_ids)
-            ids[i, width - n :] = torch.tensor(row.job.prompt_ids, dtype=torch.long)
-            attn[i, width - n :] = 1
-        positions = (attn.cumsum(-1) - 1).clamp(min=0)
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=model.config)
+        prompts = [row.job.prompt_ids for row in rows]
+        if self.prefix_cache_bytes:
+            if len(rows) > 1:
+                self._prefill_shared(prompts)
+            self.stats.prefix_lookups += len(prompts)
+        ids, attn, positions, cache, reused = self._prefill_inputs(prompts)
+        self.stats.prefix_hit_tokens += sum(reused)
         try:
-            out = model(
-                input_ids=ids,
-                attention_mask=attn,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+            out = self._prefill_forward(ids, attn, positions, cache)
         except Exception as exc:
             log.exception("prefill failed")
             for row in rows:
                 self._fail(row.job, exc)
             return
-        self.stats.forward_passes += 1
         self.stats.prefill_passes += 1
         logits = out.logits[:, -1, :].float()
         bitmask = xgr.allocate_token_bitmask(len(rows), self._vocab_size)
         for i, row in enumerate(rows):
             if row.matcher is not None:
                 row.matcher.fill_next_token_bitmask(bitmask, i)
+            # now, not at the end: requests admitted while this one decodes reuse its prompt
+            self._remember(row, out.past_key_values, attn, i)
         self._merge(rows, out.past_key_values, attn, attn.sum(-1), logits, bitmask)
+
+    def _prefill_inputs(
+        self, prompts: list[list[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any, list[int]]:
+        """Input ids, attention mask, position ids and starting cache of a prefill of
+        ``prompts``, and how many tokens of each come from the prefix cache.
+
+        Prompt ``i`` reuses ``r_i`` cached tokens and prefills the ``n_i`` after them. Columns:
+        ``P = max r`` of cached KV (row ``i``'s right-aligned), then ``W = max n`` of new
+        tokens (right-aligned): ``[pad | reused | pad | new]``, positions counted over the
+        mask, so every token keeps its true position.
+        """
+        model = self._model
+        assert model is not None
+        from transformers import DynamicCache
+
+        prefixes = [self._lookup(prompt) for prompt in prompts]
+        reused = [len(blocks) * self._prefix.block for blocks in prefixes]
+        news = [prompt[r:] for prompt, r in zip(prompts, reused, strict=True)]
+        prefix_width, width = max(reused), max(len(new) for new in news)
+        ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
+        attn = torch.zeros((len(prompts), prefix_width + width), dtype=torch.long)
+        for i, (r, new) in enumerate(zip(reused, news, strict=True)):
+            ids[i, width - len(new) :] = torch.tensor(new, dtype=torch.long)
+            attn[i, prefix_width - r : prefix_width] = 1
+            attn[i, prefix_width + width - len(new) :] = 1
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)[:, prefix_width:]
+        self.stats.prefilled_tokens += sum(len(new) for new in news)
+        self.stats.prefill_padded_tokens += len(prompts) * width
+        if prefix_width == 0:
+            return ids, attn, positions, DynamicCache(config=model.config), reused
+        cache = DynamicCache(ddp_cache_data=_stack_prefixes(prefixes, prefix_width))
+        return ids, attn, positions, cache, reused
+
+    def _lookup(self, prompt: list[int]) -> list[torch.Tensor]:
+        """Cached KV blocks for ``prompt``, short of its last token (whose logits we need)."""
+        if self.prefix_cache_bytes == 0:
+            return []
+        return self._prefix.match(prompt, len(prompt) - 1)
+
+    def _prefill_shared(self, prompts: list[list[int]]) -> None:
+        """Prefill once, and cache, the prefixes that several of ``prompts`` share and the
+        cache lacks (an evaluation's system prompt in its first group, the rollouts of one
+        GRPO prompt): otherwise each row of the group would prefill its own copy."""
+        shared = _shared_prefixes(prompts, self._prefix.block)
+        block = self._prefix.block
+        shared = [p for p in shared if len(p) - len(self._lookup(p)) * block >= _SHARED_MIN]
+        if not shared:
+            return
+        before = self.stats.prefilled_tokens
+        ids, attn, positions, cache, _ = self._prefill_inputs(shared)
+        try:
+            out = self._prefill_forward(ids, attn, positions, cache)
+        except Exception:
+            log.exception("shared-prefix prefill failed; the group prefills it row by row")
+            return
+        self.stats.prefix_shared_passes += 1
+        self.stats.prefix_shared_tokens += self.stats.prefilled_tokens - before
+        for i, prefix in enumerate(shared):
+            self._store(prefix, out.past_key_values, attn, i)
+
+    def _prefill_forward(
+        self, ids: torch.Tensor, attn: torch.Tensor, positions: torch.Tensor, cache: Any
+    ) -> Any:
+        """One prefill forward pass, keeping only the last column's logits."""
+        model = self._model
+        assert model is not None
+        started = time.perf_counter()
+        out = model(
+            input_ids=ids,
+            attention_mask=attn,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.stats.prefill_seconds += time.perf_counter() - started
+        self.stats.forward_passes += 1
+        return out
+
+    def _remember(self, row: _Row, cache: Any, attn: torch.Tensor, index: int) -> None:
+        """Keep the KV of ``row`` (row ``index`` of ``cache`` and its mask ``attn``) for later
+        prompts: its prompt once prefilled, then prompt and completion when it finishes."""
+        if self.prefix_cache_bytes == 0 or row.weights_version != self._weights_version:
+            return
+        held = int(attn[index].sum())  # prompt and generated tokens run through the model
+        self._store((row.job.prompt_ids + row.tokens)[:held], cache, attn, index)
+
+    def _store(self, sequence: list[int], cache: Any, attn: torch.Tensor, index: int) -> None:
+        """Cache the KV of ``sequence``: row ``index`` of ``cache``, in the columns its mask
+        ``attn`` marks."""
+        columns = attn[index].nonzero().squeeze(1)
+        layers = cache.layers
+
+        def gather(start: int, end: int) -> torch.Tensor:
+            cols = columns[start:end]
+            return torch.stack(
+                [
+                    torch.stack(
+                        [
+                            la.keys[index].index_select(1, cols),
+                            la.values[index].index_select(1, cols),
+                        ]
+                    )
+                    for la in layers
+                ]
+            )
+
+        self._prefix.store(sequence, gather)
+        self.stats.prefix_cache_bytes = self._prefix.bytes
+        self.stats.prefix_evicted_blocks = self._prefix.evicted
 
     def _new_row(self, job: _Job) -> _Row:
         matcher = None if job.grammar is None else xgr.GrammarMatcher(job.grammar)
@@ -483,7 +806,14 @@ class EmbeddedBackend(LLMBackend):
             generator = torch.Generator()
             generator.manual_seed(int(job.request.seed))
         penalty = float(job.request.presence_penalty)
-        return _Row(job, matcher, generator, temperature, penalty=penalty)
+        return _Row(
+            job,
+            matcher,
+            generator,
+            temperature,
+            penalty=penalty,
+            weights_version=self._weights_version,
+        )
 
     def _merge(
         self,
@@ -563,9 +893,11 @@ class EmbeddedBackend(LLMBackend):
                     if not row.matcher.accept_token(token):
                         raise GenerationFailedError(f"grammar rejected token {token}")
                     if row.matcher.is_terminated():
+                        row.stop_token_id = token
                         finished[i] = "stop"
                         continue
                 elif token in self._stop_ids:
+                    row.stop_token_id = token
                     finished[i] = "stop"
                     continue
                 row.tokens.append(token)
@@ -586,6 +918,7 @@ class EmbeddedBackend(LLMBackend):
         for i, reason in finished.items():
             if not rows[i].job.cancelled:
                 self._finish(rows[i], reason)
+                self._remember(rows[i], self._cache, self._attn, i)
         if finished:
             keep = [i for i in range(len(rows)) if i not in finished]
             if not keep:
@@ -599,6 +932,7 @@ class EmbeddedBackend(LLMBackend):
         batch = len(rows)
         input_ids = torch.tensor([[r.tokens[-1]] for r in rows], dtype=torch.long)
         self._attn = torch.cat([self._attn, torch.ones((batch, 1), dtype=torch.long)], dim=1)
+        started = time.perf_counter()
         try:
             out = model(
                 input_ids=input_ids,
@@ -616,6 +950,7 @@ class EmbeddedBackend(LLMBackend):
         self._cache = out.past_key_values
         self._pos = self._pos + 1
         self._logits = out.logits[:, -1, :].float()
+        self.stats.decode_seconds += time.perf_counter() - started
         self.stats.forward_passes += 1
         self.stats.decode_steps += 1
         self.stats.max_batch_size = max(self.stats.max_batch_size, batch)
@@ -660,6 +995,8 @@ class EmbeddedBackend(LLMBackend):
             finish_reason=reason,
             prompt_tokens=len(row.job.prompt_ids),
             completion_tokens=len(row.tokens),
+            token_ids=tuple(row.tokens),
+            stop_token_id=row.stop_token_id,
         )
         self.stats.requests_completed += 1
         self.stats.prompt_tokens += result.prompt_tokens
@@ -690,6 +1027,33 @@ def resolve_dtype(name: str) -> torch.dtype:
     if name not in dtypes:
         raise ValueError(f"embedded dtype must be auto, float32 or bfloat16, not {name!r}")
     return dtypes[name]
+
+
+def _shared_prefixes(prompts: list[list[int]], block: int) -> list[list[int]]:
+    """The longest whole-block prefixes (short of a last token) that two or more of
+    ``prompts`` share, none a prefix of another."""
+    found: set[tuple[int, ...]] = set()
+    for a, b in itertools.pairwise(sorted(prompts)):  # sorted: adjacent pairs hold them all
+        limit = min(len(a), len(b)) - 1
+        n = next((i for i in range(limit) if a[i] != b[i]), limit) // block * block
+        if n:
+            found.add(tuple(a[:n]))
+    return [list(p) for p in found if not any(len(q) > len(p) and q[: len(p)] == p for q in found)]
+
+
+def _stack_prefixes(
+    prefixes: list[list[torch.Tensor]], width: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer ``(keys, values)`` of ``[rows, kv_heads, width, head_dim]``: each row's
+    blocks right-aligned, zeros (masked) on their left."""
+    first = next(blocks[0] for blocks in prefixes if blocks)
+    layers, _, heads, block, dim = first.shape
+    out = first.new_zeros((layers, 2, len(prefixes), heads, width, dim))
+    for i, blocks in enumerate(prefixes):
+        start = width - len(blocks) * block
+        for j, kv in enumerate(blocks):
+            out[:, :, i, :, start + j * block : start + (j + 1) * block] = kv
+    return [(out[layer, 0], out[layer, 1]) for layer in range(layers)]
 
 
 def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:
