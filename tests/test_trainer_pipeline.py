@@ -32,6 +32,7 @@ def tiny_config(out: Path) -> PipelineConfig:
         val_fraction=0.5,
         corpora=[str(DATA / "hotpotqa_train_corpus.json")],
         trace_tools="mixed",  # as the demo: gold traces on simulated and on live search
+        grpo_questions=1,  # as the demo: GRPO on a train question that was never traced
         runs=["base", "sft", "grpo"],
         eval_limits={"max_turns": 2, "max_tool_calls": 1, "max_tokens": 32},
         eval_concurrency=2,
@@ -69,12 +70,16 @@ def test_tiny_pipeline_runs_every_stage_and_resumes(tmp_path: Path) -> None:
 
     train = [json.loads(line) for line in (out / "split" / "train.jsonl").open()]
     heldout = [json.loads(line) for line in (out / "split" / "heldout.jsonl").open()]
+    grpo_only = [json.loads(line) for line in (out / "split" / "grpo.jsonl").open()]
     assert len(train) == len(heldout) == 2
-    for mode in ("simulated", "live"):  # held-out questions are never traced
+    assert grpo_only == train[-1:]
+    for mode in ("simulated", "live"):  # held-out and GRPO questions are never traced
         lines = (out / "traces" / f"traces-{mode}.jsonl").open()
         traced = [json.loads(line) for line in lines]
-        assert {t["question"] for t in traced} == {r["question"] for r in train}, mode
+        assert {t["question"] for t in traced} == {r["question"] for r in train[:-1]}, mode
         assert len({t["toolset_id"] for t in traced}) == 1, mode
+    grpo_config = (out / "grpo" / "run" / "resolved_config.yaml").read_text()
+    assert "split/grpo.jsonl" in grpo_config
     traces = json.loads((out / "traces" / "done.json").read_text())
     assert traces["trace_tools"] == ["simulated", "live"]
     for stage in ("split", "traces", "sft", "grpo", "eval"):

@@ -79,6 +79,10 @@ class PipelineConfig:
     corpora), or ``mixed``: every train question traced with both, so the SFT policy has seen
     both kinds of observation (trained on grounded ones only, it broke the grammar after most
     live observations)."""
+    grpo_questions: int = 0
+    """Train questions kept for GRPO alone (the last ones of the train split): never traced,
+    so GRPO explores questions SFT did not learn the answers of. 0: GRPO reads the whole
+    train split, as SFT did (its groups then tend to score alike)."""
     runs: list[str] = field(default_factory=lambda: list(RUNS))
     sft: dict[str, Any] = field(default_factory=dict)
     grpo: dict[str, Any] = field(default_factory=dict)
@@ -119,6 +123,8 @@ class PipelineConfig:
                 "actor_env configures the ToolActor started here: set it on the "
                 "one at toolactor_url instead, or leave toolactor_url out"
             )
+        if self.grpo_questions < 0:
+            raise ValueError("grpo_questions must be >= 0 (0: GRPO reads the whole train split)")
         AgentLimits(**self.eval_limits)  # fail now, not after training
 
     @classmethod
@@ -170,11 +176,18 @@ class Pipeline:
         for path in self.config.questions:
             rows.extend(load_rows(path, limit=self.config.questions_limit))
         train, val = split_rows(rows, self.config.val_fraction, self.config.split_seed)
-        for name, part in (("train", train), ("heldout", val)):
+        kept = self.config.grpo_questions
+        if kept >= len(train):
+            raise ValueError(
+                f"grpo_questions={kept} leaves none of the {len(train)} train questions to trace"
+            )
+        traced, grpo_only = (train[:-kept], train[-kept:]) if kept else (train, train)
+        parts = (("train", train), ("traced", traced), ("grpo", grpo_only), ("heldout", val))
+        for name, part in parts:
             with (folder / f"{name}.jsonl").open("w") as out:
                 for row in part:
                     out.write(json.dumps(_row_json(row), ensure_ascii=False) + "\n")
-        return {"train": len(train), "val": len(val)}
+        return {"train": len(train), "val": len(val), "traced": len(traced), "grpo": len(grpo_only)}
 
     def run(self) -> Path:
         cfg = self.config
@@ -225,7 +238,7 @@ class Pipeline:
         from toolsim_trainer.traces.generate import GenerateConfig, Teacher, generate
         from toolsim_trainer.traces.scoring import ScoreConfig, score_record
 
-        rows = load_rows(self.root / "split" / "train.jsonl")
+        rows = load_rows(self.root / "split" / "traced.jsonl")
         mixed = self.config.trace_tools == "mixed"
         modes = ["simulated", "live"] if mixed else [self.config.trace_tools]
         records = []
@@ -277,7 +290,7 @@ class Pipeline:
         section = {
             "seed": self.config.seed,
             **self.config.grpo,
-            "dataset_path": str(self.root / "split" / "train.jsonl"),
+            "dataset_path": str(self.root / "split" / "grpo.jsonl"),
             "adapter_path": sft_adapter,
             "toolactor_url": url,
             "toolset_id": toolset_id,

@@ -45,10 +45,12 @@ from toolsim_trainer.train.common import (
     validate_inputs,
     validate_lora,
 )
+from toolsim_trainer.train.engine_generator import EngineGenerator
 from toolsim_trainer.train.rollout import (
     RolloutConfig,
     ToolRollout,
     ToolsetSpec,
+    TurnGenerator,
     make_rollout_func,
     model_generator,
     vllm_generator,
@@ -58,6 +60,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "grpo-cpu-demo.yaml"
 TOOL_MODES = ("simulated", "live", "record")
+GENERATION_BACKENDS = ("trainer", "embedded")
 
 
 @dataclass
@@ -106,6 +109,12 @@ class ToolsimGRPOConfig(GRPOConfig, LoraFields):
     """Assistant turns per rollout."""
     max_observation_tokens: int = 256
     """A longer tool response is cut before the policy sees it."""
+
+    generation_backend: str = "trainer"
+    """Who writes the rollouts' turns without vLLM: ``trainer`` (``generate`` on the trained
+    model, TRL's own no-vLLM path) or ``embedded`` (the continuously batched engine with its
+    prefix cache, the policy's merged weights loaded into it every step: ``engine_generator``;
+    plain temperature sampling only). ``use_vllm`` takes TRL's vLLM engine instead."""
 
     # -- rewards ---------------------------------------------------------------------------
     reward_em_weight: float = 1.0
@@ -207,6 +216,30 @@ class ToolsimGRPOConfig(GRPOConfig, LoraFields):
                 "the toolsim rollout generates turn by turn with the trainer's model (or TRL's "
                 "vLLM engine with use_vllm=true); set use_transformers_continuous_batching=false"
             )
+        if self.generation_backend not in GENERATION_BACKENDS:
+            raise ConfigError(
+                f"generation_backend={self.generation_backend!r}: one of "
+                f"{', '.join(GENERATION_BACKENDS)}"
+            )
+        if self.generation_backend == "embedded":
+            if self.use_vllm:
+                raise ConfigError(
+                    "generation_backend=embedded and use_vllm=true both pick the rollouts' "
+                    "engine; keep one (vLLM on a GPU, embedded on a CPU)"
+                )
+            changed = {
+                "top_p": self.top_p != 1.0,
+                "top_k": bool(self.top_k),
+                "min_p": self.min_p is not None,
+                "repetition_penalty": self.repetition_penalty != 1.0,
+            }
+            unsupported = {name: getattr(self, name) for name, on in changed.items() if on}
+            if unsupported:
+                raise ConfigError(
+                    f"generation_backend=embedded samples with temperature only; {unsupported} "
+                    "would be ignored: reset them (top_p=1, top_k=0, min_p unset, "
+                    "repetition_penalty=1) or use generation_backend=trainer"
+                )
         if self.max_tool_calling_iterations is not None:
             raise ConfigError(
                 "max_tool_calling_iterations drives TRL's in-process tool loop, which toolsim "
@@ -355,6 +388,7 @@ def run_grpo(config: ToolsimGRPOConfig, callbacks: Sequence[Any] = ()) -> Path:
     from toolsim_trainer.train.common import prepare_run_dir, resume_point, save_final
 
     train_rows, held_out = load_question_rows(config)
+    generator = turn_generator(config)
     rollout = make_rollout_func(
         rollout_config(config),
         lambda: ActorClient(
@@ -365,7 +399,7 @@ def run_grpo(config: ToolsimGRPOConfig, callbacks: Sequence[Any] = ()) -> Path:
         ),
         toolset_spec(config),
         groundings={r.question: g for r in train_rows + held_out if (g := grounding_of(r))},
-        generator=vllm_generator if config.use_vllm else model_generator,
+        generator=generator,
     )
     try:
         rollout.connect()
@@ -375,7 +409,23 @@ def run_grpo(config: ToolsimGRPOConfig, callbacks: Sequence[Any] = ()) -> Path:
         save_final(trainer, trainer.processing_class, run_dir)
     finally:
         rollout.close()
+        if isinstance(generator, EngineGenerator):
+            generator.close()
     return run_dir
+
+
+def turn_generator(config: ToolsimGRPOConfig) -> TurnGenerator:
+    """What writes the rollouts' turns: TRL's vLLM engine, the embedded one, or the model."""
+    if config.use_vllm:
+        return vllm_generator
+    if config.generation_backend == "embedded":
+        return EngineGenerator(
+            config.model_path,
+            temperature=config.temperature,
+            seed=config.seed,
+            max_batch_size=max(16, config.generation_batch_size or 0),
+        )
+    return model_generator
 
 
 def build_grpo_trainer(

@@ -566,6 +566,10 @@ class ToolRollout:
             )
         for name, value in stats.metrics().items():
             log_metric(name, value)
+        engine_metrics = getattr(self.generator, "batch_metrics", None)
+        if callable(engine_metrics):  # EngineGenerator: its prefix cache and weight syncs
+            for name, value in engine_metrics().items():
+                log_metric(name, value)
 
 
 def _logprobs(states: Sequence[_Rollout]) -> list[list[float]] | None:
