@@ -28,7 +28,7 @@ def tiny_config(out: Path) -> PipelineConfig:
     return PipelineConfig(
         output_dir=str(out),
         questions=[str(DATA / "hotpotqa_train.json"), str(DATA / "musique_train.json")],
-        questions_limit=2,
+        questions_limit=3,
         val_fraction=0.5,
         corpora=[str(DATA / "hotpotqa_train_corpus.json")],
         trace_tools="mixed",  # as the demo: gold traces on simulated and on live search
@@ -71,7 +71,7 @@ def test_tiny_pipeline_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     train = [json.loads(line) for line in (out / "split" / "train.jsonl").open()]
     heldout = [json.loads(line) for line in (out / "split" / "heldout.jsonl").open()]
     grpo_only = [json.loads(line) for line in (out / "split" / "grpo.jsonl").open()]
-    assert len(train) == len(heldout) == 2
+    assert len(train) == len(heldout) == 3
     assert grpo_only == train[-1:]
     for mode in ("simulated", "live"):  # held-out and GRPO questions are never traced
         lines = (out / "traces" / f"traces-{mode}.jsonl").open()
@@ -91,7 +91,7 @@ def test_tiny_pipeline_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     table = [line.split() for line in text.splitlines()]
     rows = {tuple(cells[:2]) for cells in table if cells and cells[0] == "heldout"}
     assert rows == {("heldout", "base"), ("heldout", "sft"), ("heldout", "grpo")}, text
-    assert "sft - base (n=2)" in text and "grpo - sft (n=2)" in text
+    assert "sft - base (n=3)" in text and "grpo - sft (n=3)" in text
     assert "- grpo: 1 steps" in text
     assert (out / "report.png").stat().st_size > 0
 
