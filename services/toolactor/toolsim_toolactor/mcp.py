@@ -34,7 +34,7 @@ from toolsim.errors import InvalidRequestError, ToolsimError
 from toolsim.http import error_response
 from toolsim.toolsets import Tool, Toolset
 from toolsim_toolactor.faults import InjectedFault
-from toolsim_toolactor.replay import verdict_of
+from toolsim_toolactor.replay import replayability_of
 from toolsim_toolactor.serving import Observation, ToolActorService
 
 PATH = "/v1/toolsets/{toolset_id}/mcp"
@@ -146,8 +146,8 @@ def _server(service: ToolActorService) -> Server[Any]:
             )
         except ToolsimError as exc:
             return tool_error(exc)
-        if (verdict := verdict_of(request.scope)) is not None:
-            verdict.replayable = observation.replayable
+        if (replayability := replayability_of(request.scope)) is not None:
+            replayability.replayable = observation.replayable
         return tool_result(observation.content, _meta(observation))
 
     return Server(

@@ -9,8 +9,8 @@ the headers the MCP transport checks and the JSON-RPC message without its ``id``
 request is answered before any parsing, validation, routing or MCP session: on the REST and
 MCP faces by ``ReplayFront``, which ``ToolActorApp`` puts in front of FastAPI.
 
-The service says what may be kept (``Observation.replayable``), through a ``Verdict`` each
-request carries in its scope; nothing else is ever stored. An episode call never is (its
+The service says what may be kept (``Observation.replayable``), through the
+``Replayability`` each request carries in its scope; nothing else is ever stored. An episode call never is (its
 history must be recorded), nor a live, flagged, faulted or freshly generated observation.
 Entries are bounded by total bytes and by age (``near_cache_ttl_s``), the age bound only
 limiting how long an operator's flush of the shared cache takes to reach every replica.
@@ -33,8 +33,8 @@ from toolsim.http import receive_body
 from toolsim_toolactor.metrics import ActorMetrics
 
 SCOPE_KEY = "toolsim.replay"
-"""Where a request's ``Verdict`` travels in its ASGI scope (middleware may copy the scope;
-the verdict object is shared)."""
+"""Where a request's ``Replayability`` travels in its ASGI scope (middleware may copy the scope;
+the replayability object is shared)."""
 REST_ROUTE = "/v1/toolsets/{toolset_id}/tools/{name}"
 MCP_ROUTE = "/v1/toolsets/{toolset_id}/mcp"
 MAX_KEPT_BODY = 65_536
@@ -43,7 +43,7 @@ _MCP_HEADERS = (b"accept", b"content-type", b"mcp-protocol-version")
 
 
 @dataclass
-class Verdict:
+class Replayability:
     """Whether the response to one request may be replayed; the service's word on it."""
 
     replayable: bool = False
@@ -81,10 +81,10 @@ def _size_of(kept: Kept) -> int:
     return len(kept.body) + sum(len(k) + len(v) for k, v in kept.headers) + 64
 
 
-def verdict_of(scope: Scope) -> Verdict | None:
-    """The request's verdict, for the handler to set (None when no front is listening)."""
-    verdict: Verdict | None = scope.get(SCOPE_KEY)
-    return verdict
+def replayability_of(scope: Scope) -> Replayability | None:
+    """The request's replayability, for the handler to set (None when no front is listening)."""
+    replayability: Replayability | None = scope.get(SCOPE_KEY)
+    return replayability
 
 
 def face_of(scope: Scope) -> str | None:
@@ -145,11 +145,11 @@ class ReplayFront:
             route = REST_ROUTE if face == "rest" else MCP_ROUTE
             self._metrics.observe_request(route, 200, time.perf_counter() - started)
             return
-        verdict = Verdict()
-        scope[SCOPE_KEY] = verdict
+        replayability = Replayability()
+        scope[SCOPE_KEY] = replayability
         response = _Recorder(send)
         await app(scope, _replaying(raw, receive), response)
-        if key is not None and verdict.replayable and response.status == 200:
+        if key is not None and replayability.replayable and response.status == 200:
             kept_body = response.body() if face == "rest" else _result_of(response.body())
             if kept_body is not None:
                 self._cache.put(key, Kept(response.headers, kept_body))

@@ -10,7 +10,7 @@ from toolsim.http import JSONBytesResponse, parse_json, read_body
 from toolsim.toolsets import Toolset
 from toolsim_toolactor.openapi import toolset_openapi
 from toolsim_toolactor.protocol import ToolsetCreate, ToolsetOut
-from toolsim_toolactor.replay import verdict_of
+from toolsim_toolactor.replay import replayability_of
 from toolsim_toolactor.routes.common import parse_model
 from toolsim_toolactor.serving import Observation
 from toolsim_toolactor.state import actor_state
@@ -122,8 +122,8 @@ async def call_tool(
     state = actor_state(request)
     arguments = parse_json(await read_body(request, state.settings.max_body_bytes))
     observation = await state.service.call_tool(toolset_id, name, arguments, x_episode_id, seed)
-    if (verdict := verdict_of(request.scope)) is not None:
-        verdict.replayable = observation.replayable
+    if (replayability := replayability_of(request.scope)) is not None:
+        replayability.replayable = observation.replayable
     return JSONBytesResponse(observation.content, headers=observation_headers(observation))
 
 
