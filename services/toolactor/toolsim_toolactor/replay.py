@@ -10,8 +10,9 @@ request is answered before any parsing, validation, routing or MCP session: on t
 MCP faces by ``ReplayFront``, which ``ToolActorApp`` puts in front of FastAPI.
 
 The service says what may be kept (``Observation.replayable``), through the
-``Replayability`` each request carries in its scope; nothing else is ever stored. An episode call never is (its
-history must be recorded), nor a live, flagged, faulted or freshly generated observation.
+``Replayability`` each request carries in its scope; nothing else is ever stored. An
+episode call never is (its history must be recorded), nor a live, flagged, faulted or
+freshly generated observation.
 Entries are bounded by total bytes and by age (``near_cache_ttl_s``), the age bound only
 limiting how long an operator's flush of the shared cache takes to reach every replica.
 """
