@@ -14,7 +14,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from tests.conftest import packaged_model_dir
-from tests.test_trainer_grpo import by_step, config
+from tests.test_trainer_grpo import FAST_LORA, by_step, config
 from tests.test_trainer_rollout import ActorServer, one_torch_thread  # noqa: F401  (a fixture)
 from toolsim_trainer.chat_template import load_tokenizer
 from toolsim_trainer.train.common import ConfigError, read_metrics
@@ -149,8 +149,7 @@ def test_short_grpo_run_on_the_embedded_engine(tmp_path: Path) -> None:
         max_turns=2,
         max_tool_calls=1,
         tool_budget=1,
-        lora_r=2,
-        lora_target_modules=["q_proj", "v_proj"],
+        **FAST_LORA,
         learning_rate=1e-3,
         temperature=1.0,
         save_strategy="no",

@@ -56,11 +56,12 @@ async def answer(state: ActorState, raw: bytes) -> bytes:
         if obs.fault is not None:
             info["fault"] = obs.fault
         infos.append(info)
+    encoded = dumps(messages)  # once: the response and a kept copy share it
     kept_for_replay = len(raw) <= MAX_KEPT_BODY and all(obs.replayable for obs in observations)
     if state.responses is not None and kept_for_replay:
         ids = [call.id for call in body.tool_calls]
-        state.responses.put(raw, Kept([], dumps(messages), len(ids), ids))
-    return dumps({"messages": messages, "observations": infos})
+        state.responses.put(raw, Kept([], encoded, len(ids), ids))
+    return dumps({"messages": orjson.Fragment(encoded), "observations": infos})
 
 
 def _replayed(state: ActorState, kept: Kept, started: float) -> bytes:
