@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from toolsim.llm.base import Generation, GenerationRequest
-from toolsim.llm.embedded import DEFAULT_PREFIX_CACHE_BYTES, EmbeddedBackend
+from toolsim.llm.embedded import EmbeddedBackend
+from toolsim.llm.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES
 from toolsim_trainer.evaluate import search_toolset
 from toolsim_trainer.grammar import SYSTEM_PROMPT
 from toolsim_trainer.local_policy import LocalPolicy, default_model_dir

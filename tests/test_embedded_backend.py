@@ -15,9 +15,12 @@ import torch
 from jsonschema import Draft202012Validator
 
 from tests.conftest import packaged_model_dir
+from toolsim.config import CommonSettings
 from toolsim.errors import InvalidRequestError
 from toolsim.llm.base import Generation, GenerationRequest
-from toolsim.llm.embedded import EmbeddedBackend, _PrefixCache, _shared_prefixes
+from toolsim.llm.embedded import EmbeddedBackend
+from toolsim.llm.factory import build_backend
+from toolsim.llm.prefix_cache import PrefixCache, shared_prefixes
 
 pytestmark = pytest.mark.slow
 
@@ -207,6 +210,18 @@ def test_prefix_cache_bytes_must_not_be_negative() -> None:
         EmbeddedBackend(packaged_model_dir(), prefix_cache_bytes=-1)
 
 
+def test_prefix_cache_size_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``TOOLSIM_EMBEDDED_PREFIX_CACHE_BYTES`` reaches the engine the services build."""
+    monkeypatch.setenv("TOOLSIM_MODEL_DIR", str(packaged_model_dir()))
+    monkeypatch.setenv("TOOLSIM_EMBEDDED_PREFIX_CACHE_BYTES", "12345")
+    backend = build_backend(CommonSettings())
+    assert isinstance(backend, EmbeddedBackend)
+    assert backend._prefix.max_bytes == 12345
+    monkeypatch.setenv("TOOLSIM_EMBEDDED_PREFIX_CACHE_BYTES", "-1")
+    with pytest.raises(ValueError, match="embedded_prefix_cache_bytes"):
+        CommonSettings()
+
+
 def _blocks(kv: torch.Tensor) -> list[torch.Tensor]:
     return [kv[:, :, :, i : i + 16] for i in range(0, kv.shape[3], 16)]
 
@@ -214,7 +229,7 @@ def _blocks(kv: torch.Tensor) -> list[torch.Tensor]:
 def test_prefix_store_shares_blocks_and_evicts_children_first() -> None:
     """The block store alone: hashed chains, the last token held back, LRU by bytes."""
     block_bytes = 2 * 16 * 4  # [1 layer, 2, 1 head, 16 tokens, 1 dim] of float32
-    cache = _PrefixCache(max_bytes=5 * block_bytes)
+    cache = PrefixCache(max_bytes=5 * block_bytes)
     calls: list[tuple[int, int]] = []
 
     def gather_for(seq: list[int]) -> Any:
@@ -310,9 +325,9 @@ def test_shared_prefixes_of_a_group() -> None:
     prompts = [system + q1, system + q2, system + q1, [7, 8, 9], [*system, *q1, 5]]
     # system + q1 twice: 59 tokens, the last held back -> 48; system + q1 + [5] shares the
     # same 48; system + q2 shares 40 -> 32 with them, a prefix of the 48: dropped
-    assert _shared_prefixes(prompts, 16) == [(system + q1)[:48]]
-    assert _shared_prefixes([system + q1, system + q2], 16) == [system[:32]]
-    assert _shared_prefixes([q1, q2], 16) == []
+    assert shared_prefixes(prompts, 16) == [(system + q1)[:48]]
+    assert shared_prefixes([system + q1, system + q2], 16) == [system[:32]]
+    assert shared_prefixes([q1, q2], 16) == []
 
 
 @pytest.mark.asyncio(loop_scope="module")

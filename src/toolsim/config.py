@@ -52,6 +52,8 @@ class CommonSettings(BaseSettings):
     """torch threads for the embedded backend (default: torch's choice)."""
     embedded_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Weights dtype of the embedded backend; ``auto`` picks bfloat16 where the CPU has it."""
+    embedded_prefix_cache_bytes: int = Field(default=1 << 30, ge=0)
+    """KV the embedded backend keeps for prompts that start alike (0: no prefix cache)."""
     redis_url: str | None = None
     """``redis://host:port/db``: share the cache and registry through Redis. Unset: in memory."""
     redis_prefix: str = "toolsim:"

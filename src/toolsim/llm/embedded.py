@@ -41,13 +41,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -62,6 +61,13 @@ from toolsim.errors import (
     ToolsimError,
 )
 from toolsim.llm.base import FinishReason, Generation, GenerationRequest, LLMBackend
+from toolsim.llm.prefix_cache import (
+    DEFAULT_PREFIX_CACHE_BYTES,
+    SHARED_MIN,
+    PrefixCache,
+    shared_prefixes,
+    stack_prefixes,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -69,12 +75,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _GRAMMAR_CACHE_SIZE = 128
-_PREFIX_BLOCK = 16
-"""Tokens per prefix-cache block: a prompt reuses whole blocks only."""
-_SHARED_MIN = 64
-"""Uncached tokens a shared prefix must have to be worth its own prefill pass."""
-DEFAULT_PREFIX_CACHE_BYTES = 1 << 30
-"""1 GiB: about 23k tokens of SmolLM2-135M KV in float32 (46 KB a token), 46k in bfloat16."""
 
 
 @dataclass
@@ -167,91 +167,6 @@ class _Control:
     future: asyncio.Future[Any]
 
 
-@dataclass
-class _Block:
-    parent: int | None
-    """The key of the block before this one (None: the first block of a sequence)."""
-    tokens: tuple[int, ...]
-    kv: torch.Tensor
-    """``[layers, 2 (keys, values), kv_heads, block, head_dim]``."""
-
-
-class _PrefixCache:
-    """KV of token sequences the engine ran, in blocks of ``block`` tokens (worker thread
-    only).
-
-    A block's key hashes its tokens with its parent's key, so finding a prompt's longest
-    cached prefix is a walk from its first block, and sequences that share a prefix (one
-    system prompt, one conversation's earlier turns) share its blocks. Entries keep their
-    tokens and parent: a hash collision reads as a miss, never as another sequence's KV.
-    Eviction is least recently used by bytes; a chain is touched from its end back to its
-    first block, so a parent is always more recent than its children and outlives them.
-    """
-
-    def __init__(self, max_bytes: int, block: int = _PREFIX_BLOCK) -> None:
-        self.max_bytes = max_bytes
-        self.block = block
-        self.bytes = 0
-        self.evicted = 0
-        self._blocks: OrderedDict[int, _Block] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._blocks)
-
-    def match(self, tokens: Sequence[int], limit: int) -> list[torch.Tensor]:
-        """The KV blocks of the longest cached prefix of ``tokens[:limit]``, in order."""
-        keys: list[int] = []
-        parent: int | None = None
-        for start in range(0, limit - self.block + 1, self.block):
-            chunk = tuple(tokens[start : start + self.block])
-            key = hash((parent, chunk))
-            entry = self._blocks.get(key)
-            if entry is None or entry.parent != parent or entry.tokens != chunk:
-                break
-            keys.append(key)
-            parent = key
-        self._touch(keys)
-        return [self._blocks[key].kv for key in keys]
-
-    def store(self, tokens: Sequence[int], gather: Callable[[int, int], torch.Tensor]) -> None:
-        """Keep the whole blocks of ``tokens``. ``gather(start, end)`` returns the KV of
-        positions ``start:end`` as ``[layers, 2, kv_heads, end - start, head_dim]``; it is
-        called once, for the blocks not held yet (a suffix: a parent outlives its children)."""
-        keys: list[int] = []
-        missing: list[tuple[int, int | None, tuple[int, ...]]] = []
-        parent: int | None = None
-        for start in range(0, len(tokens) - self.block + 1, self.block):
-            chunk = tuple(tokens[start : start + self.block])
-            key = hash((parent, chunk))
-            entry = self._blocks.get(key)
-            if entry is None:
-                missing.append((key, parent, chunk))
-            elif entry.parent != parent or entry.tokens != chunk or missing:
-                break  # a collision: the other sequence keeps its block
-            keys.append(key)
-            parent = key
-        if missing:
-            first = len(keys) - len(missing)
-            kv = gather(first * self.block, len(keys) * self.block)
-            for j, (key, parent, chunk) in enumerate(missing):
-                block = kv[:, :, :, j * self.block : (j + 1) * self.block].clone()
-                self._blocks[key] = _Block(parent, chunk, block)
-                self.bytes += block.numel() * block.element_size()
-        self._touch(keys)
-        while self.bytes > self.max_bytes and self._blocks:
-            _, dropped = self._blocks.popitem(last=False)
-            self.bytes -= dropped.kv.numel() * dropped.kv.element_size()
-            self.evicted += 1
-
-    def clear(self) -> None:
-        self._blocks.clear()
-        self.bytes = 0
-
-    def _touch(self, keys: list[int]) -> None:
-        for key in reversed(keys):
-            self._blocks.move_to_end(key)
-
-
 class EmbeddedBackend(LLMBackend):
     """Runs SmolLM2 in this process with xgrammar-constrained, continuously batched decoding."""
 
@@ -309,7 +224,7 @@ class EmbeddedBackend(LLMBackend):
         self._pos: torch.Tensor = torch.zeros(0, dtype=torch.long)
         self._logits: torch.Tensor = torch.zeros(0, 0)
         self._bitmask: torch.Tensor = torch.zeros(0, 0, dtype=torch.int32)
-        self._prefix = _PrefixCache(prefix_cache_bytes)
+        self._prefix = PrefixCache(prefix_cache_bytes)
         self._weights_version = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -717,7 +632,7 @@ class EmbeddedBackend(LLMBackend):
         self.stats.prefill_padded_tokens += len(prompts) * width
         if prefix_width == 0:
             return ids, attn, positions, DynamicCache(config=model.config), reused
-        cache = DynamicCache(ddp_cache_data=_stack_prefixes(prefixes, prefix_width))
+        cache = DynamicCache(ddp_cache_data=stack_prefixes(prefixes, prefix_width))
         return ids, attn, positions, cache, reused
 
     def _lookup(self, prompt: list[int]) -> list[torch.Tensor]:
@@ -730,9 +645,9 @@ class EmbeddedBackend(LLMBackend):
         """Prefill once, and cache, the prefixes that several of ``prompts`` share and the
         cache lacks (an evaluation's system prompt in its first group, the rollouts of one
         GRPO prompt): otherwise each row of the group would prefill its own copy."""
-        shared = _shared_prefixes(prompts, self._prefix.block)
+        shared = shared_prefixes(prompts, self._prefix.block)
         block = self._prefix.block
-        shared = [p for p in shared if len(p) - len(self._lookup(p)) * block >= _SHARED_MIN]
+        shared = [p for p in shared if len(p) - len(self._lookup(p)) * block >= SHARED_MIN]
         if not shared:
             return
         before = self.stats.prefilled_tokens
@@ -1027,33 +942,6 @@ def resolve_dtype(name: str) -> torch.dtype:
     if name not in dtypes:
         raise ValueError(f"embedded dtype must be auto, float32 or bfloat16, not {name!r}")
     return dtypes[name]
-
-
-def _shared_prefixes(prompts: list[list[int]], block: int) -> list[list[int]]:
-    """The longest whole-block prefixes (short of a last token) that two or more of
-    ``prompts`` share, none a prefix of another."""
-    found: set[tuple[int, ...]] = set()
-    for a, b in itertools.pairwise(sorted(prompts)):  # sorted: adjacent pairs hold them all
-        limit = min(len(a), len(b)) - 1
-        n = next((i for i in range(limit) if a[i] != b[i]), limit) // block * block
-        if n:
-            found.add(tuple(a[:n]))
-    return [list(p) for p in found if not any(len(q) > len(p) and q[: len(p)] == p for q in found)]
-
-
-def _stack_prefixes(
-    prefixes: list[list[torch.Tensor]], width: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer ``(keys, values)`` of ``[rows, kv_heads, width, head_dim]``: each row's
-    blocks right-aligned, zeros (masked) on their left."""
-    first = next(blocks[0] for blocks in prefixes if blocks)
-    layers, _, heads, block, dim = first.shape
-    out = first.new_zeros((layers, 2, len(prefixes), heads, width, dim))
-    for i, blocks in enumerate(prefixes):
-        start = width - len(blocks) * block
-        for j, kv in enumerate(blocks):
-            out[:, :, i, :, start + j * block : start + (j + 1) * block] = kv
-    return [(out[layer, 0], out[layer, 1]) for layer in range(layers)]
 
 
 def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:

@@ -37,6 +37,7 @@ def build_backend(settings: CommonSettings) -> LLMBackend:
         batch_wait_ms=settings.embedded_batch_wait_ms,
         num_threads=settings.embedded_threads,
         dtype=settings.embedded_dtype,
+        prefix_cache_bytes=settings.embedded_prefix_cache_bytes,
     )
 
 
