@@ -4,6 +4,7 @@
 #   make check  ruff (lint + format) and mypy --strict
 #   make bench  the benchmarks in bench/ (figures printed, last line = headline)
 #   make demo   traces -> SFT -> GRPO -> eval on the packaged model (trainer/configs/cpu-demo.yaml)
+#   make demo-controls  then the shuffled-reward control and the live-search GRPO run, evaluated
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -11,7 +12,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.toolsim-installed
 
-.PHONY: run test check lint typecheck install model system-deps vllm bench demo clean
+.PHONY: run test check lint typecheck install model system-deps vllm bench demo demo-controls clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +52,11 @@ bench: model system-deps
 
 demo: model system-deps
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/toolsim pipeline --config trainer/configs/cpu-demo.yaml
+
+# resumes make demo's folder (running it first if need be): only the two new runs train and evaluate
+demo-controls: model system-deps
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/toolsim pipeline --config trainer/configs/cpu-demo.yaml \
+	    --set 'runs=[base, sft, grpo, control, grpo-live]'
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

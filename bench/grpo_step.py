@@ -15,7 +15,10 @@ corpora) and runs short GRPO trainings from an SFT adapter (the demo's by defaul
   policy forward/backward, optimiser).
 
     .venv/bin/python bench/grpo_step.py [--adapter runs/demo/sft/run/final] [--steps 2]
-        [--groups 4 8]
+        [--groups 4 8] [--set generation_backend=trainer] [--set bf16=false] ...
+
+The GRPO settings are the demo's (``trainer/configs/cpu-demo.yaml``), ``--set`` changing any of
+them, so one backend or precision can be set against another on the same machine.
 
 Target: tool wait under 10% of the step when warm. Run it on an otherwise idle machine.
 """
@@ -31,13 +34,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from toolsim_trainer.clients import ActorClient
 from toolsim_trainer.evaluate import search_toolset
 from toolsim_trainer.services import ServiceProcess
 from toolsim_trainer.train.grpo import ToolsimGRPOConfig, run_grpo
 from toolsim_trainer.train.layout import read_metrics
+from toolsim_trainer.yamlconfig import parse_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "trainer" / "configs" / "cpu-demo.yaml"
@@ -68,14 +70,28 @@ def step_split(run_dir: Path) -> dict[str, float]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--adapter", type=Path, default=ROOT / "runs/demo/sft/run/final")
-    p.add_argument("--data", type=Path, default=ROOT / "runs/demo/split/train.jsonl")
+    p.add_argument("--data", type=Path, default=ROOT / "runs/demo/split/grpo.jsonl")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--groups", type=int, nargs="+", default=[4, 8])
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a GRPO config field over the demo's (repeatable)",
+    )
     args = p.parse_args()
+    overrides = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key] = parse_yaml(value)
     for path, how in ((args.adapter, "toolsim train sft"), (args.data, "make demo")):
         if not path.exists():
             raise SystemExit(f"{path} does not exist: run `{how}` first (or pass it explicitly)")
-    demo = yaml.safe_load(DEMO.read_text())
+    demo = parse_yaml(DEMO.read_text())
     corpora = [str((ROOT / c).resolve()) for c in demo["corpora"]]
     env = {
         "TOOLSIM_SEARCH_CORPUS": json.dumps(corpora),
@@ -95,6 +111,7 @@ def main() -> int:
             for cache in ("cold", "warm"):
                 section = {
                     **demo["grpo"],
+                    **overrides,
                     "seed": 0,
                     "dataset_path": str(args.data),
                     "adapter_path": str(args.adapter),

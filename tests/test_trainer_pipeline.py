@@ -82,7 +82,7 @@ def test_tiny_pipeline_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     assert "split/grpo.jsonl" in grpo_config
     traces = json.loads((out / "traces" / "done.json").read_text())
     assert traces["trace_tools"] == ["simulated", "live"]
-    for stage in ("split", "traces", "sft", "grpo", "eval"):
+    for stage in ("split", "traces", "sft", "grpo", "eval/base", "eval/sft", "eval/grpo"):
         assert (out / stage / "done.json").is_file(), stage
     assert (out / "sft" / "run" / "final" / "adapter_config.json").is_file()
     assert json.loads((out / "grpo" / "done.json").read_text())["training"]["steps"] == 1
@@ -95,15 +95,19 @@ def test_tiny_pipeline_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     assert "- grpo: 1 steps" in text
     assert (out / "report.png").stat().st_size > 0
 
+    assert "- all stages: " in text
     results = out / "eval" / "grpo" / "heldout.jsonl"
     lines_before = results.read_text().count("\n")
-    # the same command again: every stage is skipped, nothing is appended twice
+    # the same command with the control run added (`make demo-controls`): every finished stage
+    # is skipped, nothing is appended twice, only the new run is trained and evaluated
     again = subprocess.run(
         [sys.executable, "-c", RERUN, str(out)], capture_output=True, text=True, timeout=300
     )
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "== " not in again.stdout  # a stage that runs prints "== <stage>" first
+    ran = [line for line in again.stdout.splitlines() if line.startswith("== ")]
+    assert ran == ["== control", "== eval/control"], again.stdout[-2000:]
     assert results.read_text().count("\n") == lines_before
+    assert "grpo - control (n=3)" in report.read_text()
 
 
 RERUN = """
@@ -112,7 +116,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path.cwd()))
 from tests.test_trainer_pipeline import tiny_config
 from toolsim_trainer.pipeline import Pipeline
-Pipeline(tiny_config(Path(sys.argv[1]))).run()
+config = tiny_config(Path(sys.argv[1]))
+config.runs.append("control")
+Pipeline(config).run()
 """
 
 

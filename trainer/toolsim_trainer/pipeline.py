@@ -13,8 +13,10 @@ Runs, all from the same seed:
   control   the same GRPO run with rewards shuffled within each batch
   grpo-live the same GRPO run with ``search`` live (BM25): sim-to-real, evaluated with live tools
 Each run is evaluated on the held-out questions (grounded simulated search) and on the eval
-sets listed in the config (live BM25 search over their real corpus); ``report.md`` holds the
-table with bootstrap 95% intervals and ``report.png`` the comparison.
+sets listed in the config (live BM25 search over their real corpus), each in its own stage
+(``eval/<run>``), so a run added to ``runs`` later is trained and evaluated alone;
+``report.md`` holds the table with bootstrap 95% intervals, the paired differences, the GRPO
+rewards and the stage wall times, ``report.png`` the comparison.
 """
 
 from __future__ import annotations
@@ -214,8 +216,13 @@ class Pipeline:
                         self.grpo, run=run, url=url, toolset_id=toolsets[tools]
                     )
                     adapters[run] = self.stage(run, work)["adapter"]
-            evals = self.stage("eval", lambda f: self.evaluate(f, url, toolsets, adapters))
-        return self.report(evals)
+            for run, adapter in adapters.items():  # one stage per run: adding a run later
+                # (`make demo-controls`) evaluates only that run
+                work = functools.partial(
+                    self.evaluate, run=run, adapter=adapter, url=url, toolsets=toolsets
+                )
+                self.stage(f"eval/{run}", work)
+        return self.report()
 
     @contextlib.contextmanager
     def toolactor(self, env: dict[str, str]) -> Iterator[str]:
@@ -305,8 +312,9 @@ class Pipeline:
         }
 
     def evaluate(
-        self, folder: Path, url: str, toolsets: dict[str, str], adapters: dict[str, str | None]
+        self, folder: Path, run: str, adapter: str | None, url: str, toolsets: dict[str, str]
     ) -> dict[str, Any]:
+        """One run on the held-out questions (grounded simulated search) and the eval sets."""
         from toolsim_trainer.evaluate import EvalConfig, run_eval
 
         cfg = self.config
@@ -322,28 +330,27 @@ class Pipeline:
         ]
         sets += [(Path(e.data).stem, e.data, e.tools, False, e.limit) for e in cfg.eval_sets]
         results: dict[str, Any] = {}
-        for run, adapter in adapters.items():
-            for bench, data, tools, grounded, limit in sets:
-                summary = run_eval(
-                    EvalConfig(
-                        data=Path(data),
-                        output=folder / run / f"{bench}.jsonl",
-                        run_name=run,
-                        adapter=Path(adapter) if adapter else None,
-                        tools=tools,  # type: ignore[arg-type]
-                        toolactor_url=url if tools != "none" else None,
-                        toolset_id=toolsets.get(tools),
-                        grounded=grounded,
-                        limits=limits,
-                        concurrency=cfg.eval_concurrency,
-                        seed=cfg.seed,
-                        limit=limit,
-                    )
+        for bench, data, tools, grounded, limit in sets:
+            summary = run_eval(
+                EvalConfig(
+                    data=Path(data),
+                    output=folder / f"{bench}.jsonl",
+                    run_name=run,
+                    adapter=Path(adapter) if adapter else None,
+                    tools=tools,  # type: ignore[arg-type]
+                    toolactor_url=url if tools != "none" else None,
+                    toolset_id=toolsets.get(tools),
+                    grounded=grounded,
+                    limits=limits,
+                    concurrency=cfg.eval_concurrency,
+                    seed=cfg.seed,
+                    limit=limit,
                 )
-                results[f"{run}/{bench}"] = _summary_json(summary)
+            )
+            results[bench] = _summary_json(summary)
         return results
 
-    def report(self, evals: dict[str, Any]) -> Path:
+    def report(self) -> Path:
         from toolsim_trainer.eval_results import format_table, plot_comparison, summarize
 
         paths = sorted((self.root / "eval").glob("*/*.jsonl"))
@@ -366,10 +373,15 @@ class Pipeline:
                     f"{t.get('tool_calls_per_rollout', math.nan):.2f}"
                 )
         lines += ["", "## Stage wall times", ""]
-        for stage in ("split", "traces", "sft", "grpo", "control", "grpo-live", "eval"):
-            marker = self.root / stage / "done.json"
-            if marker.is_file():
-                lines.append(f"- {stage}: {json.loads(marker.read_text()).get('wall_s')} s")
+        stages = ["split", "traces", "sft", "grpo", "control", "grpo-live"]
+        stages += [f"eval/{run}" for run in RUNS]
+        walls = {
+            stage: float(json.loads(marker.read_text()).get("wall_s", 0.0))
+            for stage in stages
+            if (marker := self.root / stage / "done.json").is_file()
+        }
+        lines += [f"- {stage}: {wall} s" for stage, wall in walls.items()]
+        lines.append(f"- all stages: {sum(walls.values()):.0f} s")
         out = self.root / "report.md"
         out.write_text("\n".join(lines) + "\n")
         print(table)
