@@ -85,6 +85,7 @@ RULES: list[tuple[dict[str, Any], str]] = [
     ({"max_observation_tokens": 0}, "max_observation_tokens"),
     ({"tool_budget": 5, "max_tool_calls": 4}, "a budget above the hard cap"),
     ({"tool_budget_penalty": -0.1}, "tool_budget_penalty"),
+    ({"dynamic_sampling_retries": -1}, "dynamic_sampling_retries=-1"),
     ({"overlong_max_tokens": 600, "max_completion_length": 512}, "no rollout can reach it"),
     ({"overlong_buffer": 512, "max_completion_length": 512}, "overlong_buffer=512"),
     ({"rm_weight": 0.5}, "go together"),
@@ -222,8 +223,9 @@ def test_grpo_through_a_toolactor_outage_and_a_group_with_equal_rewards(tmp_path
     """Three real GRPO steps (TRL's trainer, the packaged model's forward and backward passes)
     over rollouts written by a scripted policy. The ToolActor goes away for step 2 and comes
     back (with an empty registry) for step 3. In step 2 every call fails, so both rollouts of
-    the group score the same: advantage 0, and with plain SGD the adapter does not move (TRL
-    1.16 has no dynamic sampling; it logs ``frac_reward_zero_std``). Steps 1 and 3 train."""
+    the group score the same: advantage 0, and with plain SGD the adapter does not move
+    (dynamic sampling is off by default; TRL logs ``frac_reward_zero_std``). Steps 1 and 3
+    train."""
     server = ActorServer().start()
     cfg = config(
         tmp_path,

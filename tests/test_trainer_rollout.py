@@ -38,8 +38,11 @@ from toolsim_trainer.grammar import (
     render_tool_turn,
     render_turn,
 )
+from toolsim_trainer.train.grpo import group_scorer
+from toolsim_trainer.train.rewards import correctness_em, format_reward
 from toolsim_trainer.train.rollout import (
     TRUNCATED_MARK,
+    DynamicSampling,
     Generated,
     RolloutConfig,
     ToolRollout,
@@ -418,6 +421,81 @@ def test_the_vllm_turn_generator_keeps_sampling_logprobs(actor: ActorServer) -> 
         nan = [lp for lp in policy if lp != lp]  # vLLM's None is NaN, as TRL maps it
         assert len(nan) == len(rec.turns) and {lp for lp in policy if lp == lp} == {-0.5}
         assert {lp for lp, m in zip(logprobs, mask, strict=True) if m == 0} == {0.0}
+
+
+# ---------------------------------------------------------------------------- dynamic sampling
+
+
+class DrawPolicy(ScriptedPolicy):
+    """Answers right away; call ``k`` of the generator answers ``draws[k][row]``."""
+
+    def __init__(self, draws: list[list[str]]) -> None:
+        super().__init__(lambda k: "")
+        self.draws = draws
+        self.calls = 0
+
+    def __call__(
+        self, trainer: Any, sequences: list[list[int]], limits: list[int], stop_ids: list[int]
+    ) -> list[Generated]:
+        self.calls += 1
+        return super().__call__(trainer, sequences, limits, stop_ids)
+
+    def text(self, done: int, index: int) -> str:
+        return answer(self.draws[self.calls - 1][index])
+
+
+def sampling(retries: int) -> DynamicSampling:
+    """Scored as GRPO scores: exact match and format, weighted (``grpo.group_scorer``)."""
+    return DynamicSampling(
+        score=group_scorer([correctness_em, format_reward], [1.0, 0.25]),
+        group_size=2,
+        retries=retries,
+        answers={"Capital of France?": ["Paris"], "Capital of Italy?": ["Rome"]},
+    )
+
+
+def two_groups() -> list[Any]:
+    return prompts(2, "Capital of France?") + prompts(2, "Capital of Italy?")
+
+
+def test_dynamic_sampling_redraws_only_a_flat_group(
+    actor: ActorServer, trainer: FakeTrainer
+) -> None:
+    """France's group scores alike (both wrong); Italy's differs. Only France's is drawn
+    again (one generator call for its two rows), and the redraw, which differs, replaces it."""
+    policy = DrawPolicy([["Lyon", "Nice", "Rome", "Milan"], ["Paris", "Lyon"]])
+    rollout = rollout_for(actor.url, policy)
+    rollout.dynamic_sampling = sampling(retries=2)
+    before = len(trainer.metrics["sampling/redraws"])
+    try:
+        out = rollout(two_groups(), trainer)
+    finally:
+        rollout.close()
+    assert [r.answer for r in out["rollout"]] == ["Paris", "Lyon", "Rome", "Milan"]
+    assert policy.calls == 2 and len(out["completion_ids"]) == 4
+    tok = trainer.processing_class
+    assert "Paris" in decoded(tok, out["completion_ids"][0], out["env_mask"][0], keep=1)
+    assert trainer.metrics["sampling/flat_groups"][before:] == [0.5]
+    assert trainer.metrics["sampling/redraws"][before:] == [1.0]
+    assert trainer.metrics["sampling/flat_groups_left"][before:] == [0.0]
+
+
+def test_dynamic_sampling_keeps_a_group_still_flat_after_its_retries(
+    actor: ActorServer, trainer: FakeTrainer
+) -> None:
+    always_wrong = [["Lyon", "Nice", "Rome", "Milan"], ["Lyon", "Lyon"], ["Nice", "Nice"]]
+    policy = DrawPolicy(always_wrong)
+    rollout = rollout_for(actor.url, policy)
+    rollout.dynamic_sampling = sampling(retries=2)
+    before = len(trainer.metrics["sampling/redraws"])
+    try:
+        out = rollout(two_groups(), trainer)
+    finally:
+        rollout.close()
+    assert policy.calls == 3  # the first draw, then two redraws of France's group
+    assert len(out["rollout"]) == 4 and {r.answer for r in out["rollout"][:2]} <= {"Lyon", "Nice"}
+    assert trainer.metrics["sampling/redraws"][before:] == [2.0]
+    assert trainer.metrics["sampling/flat_groups_left"][before:] == [0.5]
 
 
 # ---------------------------------------------------------------------------- limits

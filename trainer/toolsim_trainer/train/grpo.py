@@ -11,12 +11,15 @@ over the accumulated batch), ``epsilon_high=0.28`` (clip-higher), ``mask_truncat
 (a rollout cut by ``max_completion_length`` does not train), ``beta=0`` (no reference model),
 and the soft overlong penalty as the ``overlong`` reward, counted on policy tokens only.
 
-Dynamic sampling (DAPO: drop groups whose rewards are all equal and sample more) is not done:
-TRL 1.16 computes rewards and advantages inside ``_generate_and_score_completions`` after the
-rollout has returned, with no hook between the two, and the rollout must return exactly one row
-per prompt. Filtering would mean overriding that private method (TRL 1.16
-``grpo_trainer.py`` l. 2324-2900), which this project does not do. Such groups get advantage 0
-(so, with ``beta=0``, no gradient); TRL logs their share as ``frac_reward_zero_std``.
+Dynamic sampling (DAPO: a group whose rewards are all equal has advantage 0, so with ``beta=0``
+no gradient; drop it and sample more) happens in the rollout, with ``dynamic_sampling_retries``:
+TRL 1.16 computes rewards and advantages inside the private ``_generate_and_score_completions``
+after the rollout has returned, with no hook between the two, and the rollout must return
+exactly one row per prompt, so groups cannot be dropped there. Instead the rollout scores each
+group with the same reward terms and weights (``group_scorer``; unshuffled, so a control run
+redraws as its GRPO run does) and draws a flat group again, up to that many times; TRL then
+scores what is returned. ``frac_reward_zero_std`` (TRL) is the share still flat;
+``sampling/flat_groups`` the share flat at the first draw.
 """
 
 from __future__ import annotations
@@ -46,7 +49,10 @@ from toolsim_trainer.train.common import (
     validate_lora,
 )
 from toolsim_trainer.train.engine_generator import EngineGenerator
+from toolsim_trainer.train.rewards import RewardFunc, RolloutRecord
 from toolsim_trainer.train.rollout import (
+    DynamicSampling,
+    GroupScorer,
     RolloutConfig,
     ToolRollout,
     ToolsetSpec,
@@ -143,6 +149,9 @@ class ToolsimGRPOConfig(GRPOConfig, LoraFields):
     """Weight of ``rm_score``."""
     shuffle_rewards: bool = False
     """Control run: permute the rewards across the batch (seeded by ``seed`` and the step)."""
+    dynamic_sampling_retries: int = 0
+    """DAPO dynamic sampling: a group whose rollouts all score the same total reward is drawn
+    again up to this many times (0: off); each redraw costs a group's generation."""
 
     # -- DAPO, as TRL exposes it ---------------------------------------------------------------
     loss_type: str = "dapo"
@@ -284,6 +293,11 @@ class ToolsimGRPOConfig(GRPOConfig, LoraFields):
             )
         if self.tool_budget_penalty < 0:
             raise ConfigError("tool_budget_penalty must be >= 0 (it is subtracted)")
+        if self.dynamic_sampling_retries < 0:
+            raise ConfigError(
+                f"dynamic_sampling_retries={self.dynamic_sampling_retries}: redraws per flat "
+                "group, >= 0 (0 turns dynamic sampling off)"
+            )
         limit = self.resolved_overlong_max_tokens
         assert self.max_completion_length is not None
         if limit > self.max_completion_length:
@@ -445,6 +459,15 @@ def build_grpo_trainer(
 
     scorer = _load_rm(config.rm_path) if config.rm_path else None
     funcs, weights = build_reward_funcs(config, scorer, tools=rollout.tools)
+    if config.dynamic_sampling_retries:
+        plain, _ = build_reward_funcs(config, scorer, tools=rollout.tools, shuffle=False)
+        assert config.num_generations is not None
+        rollout.dynamic_sampling = DynamicSampling(
+            score=group_scorer(plain, weights),
+            group_size=config.num_generations,
+            retries=config.dynamic_sampling_retries,
+            answers={r.question: list(r.answers) for r in train_rows},
+        )
     # Set after the run folder recorded the config: the resolved config keeps the per-term
     # weights (reloadable), TRL reads the list.
     config.reward_weights = weights
@@ -461,6 +484,22 @@ def build_grpo_trainer(
         rollout_func=rollout,
         callbacks=[MetricsCallback(), *callbacks],
     )
+
+
+def group_scorer(funcs: Sequence[RewardFunc], weights: Sequence[float]) -> GroupScorer:
+    """The total reward of each rollout as TRL sums it (weighted terms, a ``None`` counting 0),
+    for dynamic sampling to tell a flat group before TRL scores the batch."""
+
+    def score(records: Sequence[RolloutRecord], answers: Sequence[Sequence[str]]) -> list[float]:
+        totals = [0.0] * len(records)
+        columns = {"rollout": list(records), "answers": [list(a) for a in answers]}
+        for func, weight in zip(funcs, weights, strict=True):
+            for i, value in enumerate(func([""] * len(records), **columns)):
+                if value is not None:
+                    totals[i] += weight * value
+        return totals
+
+    return score
 
 
 def _policy(config: ToolsimGRPOConfig) -> tuple[Any, Any]:

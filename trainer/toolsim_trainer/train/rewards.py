@@ -361,11 +361,13 @@ def build_reward_funcs(
     rm_scorer: ConversationScorer | None = None,
     *,
     tools: list[dict[str, Any]] | None = None,
+    shuffle: bool | None = None,
 ) -> tuple[list[RewardFunc], list[float]]:
     """The reward functions and their weights (TRL's ``reward_weights``), in one order.
 
     Every term is built even at weight 0 so that it is still logged; ``rm_score`` is added
-    only with a scorer (the caller loads it from ``rm_path``).
+    only with a scorer (the caller loads it from ``rm_path``). ``shuffle`` (default: the
+    config's ``shuffle_rewards``) wraps each term in ``shuffled``.
     """
     max_tokens = config.overlong_max_tokens or config.max_completion_length
     if max_tokens is None:
@@ -384,6 +386,6 @@ def build_reward_funcs(
     if rm_scorer is not None:
         terms.append((make_rm_reward(rm_scorer, list(tools or [])), config.rm_weight))
     funcs = [f for f, _ in terms]
-    if config.shuffle_rewards:
+    if config.shuffle_rewards if shuffle is None else shuffle:
         funcs = [shuffled(f, config.seed) for f in funcs]
     return funcs, [w for _, w in terms]

@@ -86,6 +86,30 @@ class RolloutConfig:
     """Episode seed: the rollouts of a group see the same observation for the same call."""
 
 
+GroupScorer = Callable[[Sequence[RolloutRecord], Sequence[Sequence[str]]], list[float]]
+"""``(records, gold answers) -> total reward of each rollout``: the weighted sum of the reward
+terms, as TRL will compute it (``grpo.group_scorer``)."""
+
+
+@dataclass(frozen=True)
+class DynamicSampling:
+    """DAPO's dynamic sampling, inside the rollout: a group whose rollouts all score the same
+    total reward (zero advantage, so no gradient with ``beta=0``) is drawn again, up to
+    ``retries`` times; the first draw whose totals differ takes its place, and a group still
+    flat after the last draw is kept as it is. TRL then scores the returned rollouts itself."""
+
+    score: GroupScorer
+    group_size: int
+    """``num_generations``: TRL's rows come in consecutive groups of this size."""
+    retries: int
+    answers: Mapping[str, Sequence[str]]
+    """Gold answers by question (TRL passes the rollout only the prompts)."""
+
+
+def _flat(totals: Sequence[float]) -> bool:
+    return max(totals) - min(totals) <= 1e-6
+
+
 @dataclass(frozen=True)
 class ToolsetSpec:
     """Which toolset the policy uses: one already on the ToolActor, or one to register."""
@@ -359,6 +383,14 @@ class BatchStats:
     policy_tokens: list[int] = field(default_factory=list)
     tool_tokens: list[int] = field(default_factory=list)
     stops: dict[str, int] = field(default_factory=dict)
+    groups: int = 0
+    """Groups judged by dynamic sampling (0: it is off)."""
+    flat_groups: int = 0
+    """Groups whose first draw scored all alike."""
+    redraws: int = 0
+    """Groups drawn again (a group redrawn twice counts twice)."""
+    flat_groups_left: int = 0
+    """Groups still scoring all alike after the last redraw."""
 
     def count(self, records: Sequence[RolloutRecord]) -> None:
         self.rollouts = len(records)
@@ -390,6 +422,10 @@ class BatchStats:
         }
         for stop, count in sorted(self.stops.items()):
             out[f"rollout/stop_{stop}"] = count / n
+        if self.groups:
+            out["sampling/flat_groups"] = self.flat_groups / self.groups
+            out["sampling/redraws"] = float(self.redraws)
+            out["sampling/flat_groups_left"] = self.flat_groups_left / self.groups
         return out
 
 
@@ -409,11 +445,14 @@ class ToolRollout:
         *,
         groundings: Mapping[str, dict[str, Any]] | None = None,
         generator: TurnGenerator = model_generator,
+        dynamic_sampling: DynamicSampling | None = None,
     ) -> None:
         self.config = config
         self.toolset = toolset
         self.groundings = dict(groundings or {})
         self.generator = generator
+        self.dynamic_sampling = dynamic_sampling
+        """Set by ``grpo.build_grpo_trainer`` once the rewards exist."""
         self.last_stats = BatchStats()
         self._factory = actor_client_factory
         self._loop = _LoopThread()
@@ -459,10 +498,68 @@ class ToolRollout:
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, Any]:
         started = time.perf_counter()
         self.connect()
-        tokenizer = trainer.processing_class
         stats = BatchStats()
+        states = self._run(prompts, trainer, stats)
+        if self.dynamic_sampling is not None:
+            self._redraw_flat_groups(prompts, states, trainer, stats, self.dynamic_sampling)
+        records = [s.record() for s in states]
+        stats.count(records)
+        stats.total_s = time.perf_counter() - started
+        self._log(trainer, stats)
+        return {
+            "prompt_ids": [s.prompt_ids for s in states],
+            "completion_ids": [s.completion for s in states],
+            "logprobs": _logprobs(states),
+            "env_mask": [s.mask for s in states],
+            "rollout": records,
+            "episode_id": [s.episode_id for s in states],
+        }
+
+    def _redraw_flat_groups(
+        self,
+        prompts: list[Any],
+        states: list[_Rollout],
+        trainer: Any,
+        stats: BatchStats,
+        sampling: DynamicSampling,
+    ) -> None:
+        """Dynamic sampling: draw the flat groups of ``states`` again, in place."""
+        size = sampling.group_size
+        if size < 2 or len(states) % size:
+            return
+        starts = range(0, len(states), size)
+        stats.groups = len(starts)
+
+        def flat(group: Sequence[_Rollout]) -> bool:
+            golds = [sampling.answers.get(s.question) for s in group]
+            if any(g is None for g in golds):
+                return False  # no gold answers to judge by: kept as drawn
+            return _flat(sampling.score([s.record() for s in group], [g or () for g in golds]))
+
+        pending = [i for i in starts if flat(states[i : i + size])]
+        stats.flat_groups = len(pending)
+        for _ in range(sampling.retries):
+            if not pending:
+                break
+            stats.redraws += len(pending)
+            fresh = self._run(
+                [prompts[i + k] for i in pending for k in range(size)], trainer, stats
+            )
+            still = []
+            for j, i in enumerate(pending):
+                group = fresh[j * size : (j + 1) * size]
+                if flat(group):
+                    still.append(i)
+                else:
+                    states[i : i + size] = group
+            pending = still
+        stats.flat_groups_left = len(pending)
+
+    def _run(self, prompts: Sequence[Any], trainer: Any, stats: BatchStats) -> list[_Rollout]:
+        """One rollout per prompt, each in a new episode, turn by turn to its end."""
+        tokenizer = trainer.processing_class
         states = [self._start(p, tokenizer) for p in prompts]
-        stats.episode_failures = self._loop.run(self._open_episodes(states))
+        stats.episode_failures += self._loop.run(self._open_episodes(states))
         stops = sorted({*trainer.eos_token_ids, int(tokenizer.convert_tokens_to_ids(IM_END))})
         for _ in range(self.config.max_turns):
             active = [s for s in states if s.stop is None]
@@ -482,18 +579,7 @@ class ToolRollout:
             stats.tool_wait_s += time.perf_counter() - t1
             for (state, calls), res in zip(pending, results, strict=True):
                 _add_tool_turn(state, calls, res, tokenizer, self.config)
-        records = [s.record() for s in states]
-        stats.count(records)
-        stats.total_s = time.perf_counter() - started
-        self._log(trainer, stats)
-        return {
-            "prompt_ids": [s.prompt_ids for s in states],
-            "completion_ids": [s.completion for s in states],
-            "logprobs": _logprobs(states),
-            "env_mask": [s.mask for s in states],
-            "rollout": records,
-            "episode_id": [s.episode_id for s in states],
-        }
+        return states
 
     def _start(self, prompt: Any, tokenizer: Any) -> _Rollout:
         messages = _messages(prompt)
@@ -603,9 +689,15 @@ def make_rollout_func(
     *,
     groundings: Mapping[str, dict[str, Any]] | None = None,
     generator: TurnGenerator = model_generator,
+    dynamic_sampling: DynamicSampling | None = None,
 ) -> ToolRollout:
     """The rollout TRL calls; ``groundings`` maps a question to its episode grounding
     (``data.grounding_of``): TRL passes the rollout only the prompts, not the other columns."""
     return ToolRollout(
-        config, actor_client_factory, toolset, groundings=groundings, generator=generator
+        config,
+        actor_client_factory,
+        toolset,
+        groundings=groundings,
+        generator=generator,
+        dynamic_sampling=dynamic_sampling,
     )
