@@ -17,6 +17,9 @@ corpora) and runs short GRPO trainings from an SFT adapter (the demo's by defaul
     .venv/bin/python bench/grpo_step.py [--adapter runs/demo/sft/run/final] [--steps 2]
         [--groups 4 8] [--set generation_backend=trainer] [--set bf16=false] ...
 
+``--caches cold`` runs the cold runs only; ``zero std`` is TRL's ``frac_reward_zero_std`` and
+``flat 1st`` the share of groups flat at their first draw under dynamic sampling.
+
 The GRPO settings are the demo's (``trainer/configs/cpu-demo.yaml``), ``--set`` changing any of
 them, so one backend or precision can be set against another on the same machine.
 
@@ -64,6 +67,11 @@ def step_split(run_dir: Path) -> dict[str, float]:
         "other_s": step - gen - wait,
         "cache_hit_rate": mean([float(r.get("tools/cache_hit_rate", 0.0)) for r in steps]),
         "calls_per_rollout": mean([float(r.get("tools/calls_per_rollout", 0.0)) for r in steps]),
+        "zero_std": mean([float(r.get("frac_reward_zero_std", 0.0)) for r in steps]),
+        # dynamic sampling (--set dynamic_sampling_retries=N): flat groups at the first draw
+        "flat_first": mean(
+            [float(r["sampling/flat_groups"]) for r in steps if "sampling/flat_groups" in r]
+        ),
     }
 
 
@@ -74,6 +82,13 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--groups", type=int, nargs="+", default=[4, 8])
     p.add_argument(
+        "--caches",
+        nargs="+",
+        choices=["cold", "warm"],
+        default=["cold", "warm"],
+        help="warm repeats the cold run against the same ToolActor (needs cold first)",
+    )
+    p.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -82,6 +97,8 @@ def main() -> int:
         help="a GRPO config field over the demo's (repeatable)",
     )
     args = p.parse_args()
+    if args.caches[0] != "cold":
+        p.error("--caches: cold comes first (warm is the same run again on the filled cache)")
     overrides = {}
     for item in args.overrides:
         key, sep, value = item.partition("=")
@@ -108,7 +125,7 @@ def main() -> int:
                     return await client.register_toolset(search_toolset("simulated"))
 
             toolset_id = asyncio.run(register())
-            for cache in ("cold", "warm"):
+            for cache in args.caches:
                 section = {
                     **demo["grpo"],
                     **overrides,
@@ -130,7 +147,8 @@ def main() -> int:
                 rows.append({"group": group, "cache": cache, **split})
     header = (
         f"{'group':>5} {'cache':>5} {'steps':>5} {'step s':>7} {'gen s':>7} {'tool s':>7} "
-        f"{'other s':>7} {'tool %':>6} {'rollouts/s':>10} {'hit rate':>8} {'calls':>5}"
+        f"{'other s':>7} {'tool %':>6} {'rollouts/s':>10} {'hit rate':>8} {'calls':>5} "
+        f"{'zero std':>8} {'flat 1st':>8}"
     )
     print("\n" + header)
     for r in rows:
@@ -139,15 +157,24 @@ def main() -> int:
             f"{r['group']:>5} {r['cache']:>5} {r['steps']:>5} {r['step_s']:>7.1f} "
             f"{r['generation_s']:>7.1f} {r['tool_wait_s']:>7.2f} {r['other_s']:>7.1f} "
             f"{share:>6.1%} {r['group'] / r['step_s']:>10.3f} {r['cache_hit_rate']:>8.2f} "
-            f"{r['calls_per_rollout']:>5.2f}"
+            f"{r['calls_per_rollout']:>5.2f} {r['zero_std']:>8.2f} {r['flat_first']:>8.2f}"
         )
     warm = {r["group"]: r for r in rows if r["cache"] == "warm"}
     cold = {r["group"]: r for r in rows if r["cache"] == "cold"}
+    if not warm:
+        headline = ", ".join(
+            f"g{g}: tool wait {r['tool_wait_s'] / r['step_s']:.1%} cold, "
+            f"{g / r['step_s']:.3f} rollouts/s, zero-std groups {r['zero_std']:.2f}"
+            for g, r in sorted(cold.items())
+        )
+        print(f"HEADLINE {headline} (cold only)")
+        return 0
     headline = ", ".join(
         f"g{g}: tool wait {warm[g]['tool_wait_s'] / warm[g]['step_s']:.1%} warm / "
         f"{cold[g]['tool_wait_s'] / cold[g]['step_s']:.1%} cold, "
         f"{g / warm[g]['step_s']:.3f} rollouts/s"
         for g in sorted(warm)
+        if g in cold
     )
     print(f"HEADLINE {headline} (target: warm tool wait < 10%)")
     return 0
