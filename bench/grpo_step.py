@@ -40,6 +40,7 @@ from typing import Any
 from toolsim_trainer.clients import ActorClient
 from toolsim_trainer.evaluate import search_toolset
 from toolsim_trainer.services import ServiceProcess
+from toolsim_trainer.train.common import ConfigError, parse_overrides
 from toolsim_trainer.train.grpo import ToolsimGRPOConfig, run_grpo
 from toolsim_trainer.train.layout import read_metrics
 from toolsim_trainer.yamlconfig import parse_yaml
@@ -99,12 +100,10 @@ def main() -> int:
     args = p.parse_args()
     if args.caches[0] != "cold":
         p.error("--caches: cold comes first (warm is the same run again on the filled cache)")
-    overrides = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key] = parse_yaml(value)
+    try:
+        overrides = parse_overrides(args.overrides)
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from exc
     for path, how in ((args.adapter, "toolsim train sft"), (args.data, "make demo")):
         if not path.exists():
             raise SystemExit(f"{path} does not exist: run `{how}` first (or pass it explicitly)")

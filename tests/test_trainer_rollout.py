@@ -458,19 +458,29 @@ def two_groups() -> list[Any]:
     return prompts(2, "Capital of France?") + prompts(2, "Capital of Italy?")
 
 
+def draw(
+    url: str, trainer: FakeTrainer, draws: list[list[str]]
+) -> tuple[dict[str, Any], DrawPolicy, int]:
+    """Two groups rolled out with dynamic sampling (2 retries): the rollout's output, the
+    policy, and where this call's metrics start in ``trainer.metrics``."""
+    policy = DrawPolicy(draws)
+    rollout = rollout_for(url, policy)
+    rollout.dynamic_sampling = sampling(retries=2)
+    before = len(trainer.metrics["sampling/redraws"])
+    try:
+        return rollout(two_groups(), trainer), policy, before
+    finally:
+        rollout.close()
+
+
 def test_dynamic_sampling_redraws_only_a_flat_group(
     actor: ActorServer, trainer: FakeTrainer
 ) -> None:
     """France's group scores alike (both wrong); Italy's differs. Only France's is drawn
     again (one generator call for its two rows), and the redraw, which differs, replaces it."""
-    policy = DrawPolicy([["Lyon", "Nice", "Rome", "Milan"], ["Paris", "Lyon"]])
-    rollout = rollout_for(actor.url, policy)
-    rollout.dynamic_sampling = sampling(retries=2)
-    before = len(trainer.metrics["sampling/redraws"])
-    try:
-        out = rollout(two_groups(), trainer)
-    finally:
-        rollout.close()
+    out, policy, before = draw(
+        actor.url, trainer, [["Lyon", "Nice", "Rome", "Milan"], ["Paris", "Lyon"]]
+    )
     assert [r.answer for r in out["rollout"]] == ["Paris", "Lyon", "Rome", "Milan"]
     assert policy.calls == 2 and len(out["completion_ids"]) == 4
     tok = trainer.processing_class
@@ -484,14 +494,7 @@ def test_dynamic_sampling_keeps_a_group_still_flat_after_its_retries(
     actor: ActorServer, trainer: FakeTrainer
 ) -> None:
     always_wrong = [["Lyon", "Nice", "Rome", "Milan"], ["Lyon", "Lyon"], ["Nice", "Nice"]]
-    policy = DrawPolicy(always_wrong)
-    rollout = rollout_for(actor.url, policy)
-    rollout.dynamic_sampling = sampling(retries=2)
-    before = len(trainer.metrics["sampling/redraws"])
-    try:
-        out = rollout(two_groups(), trainer)
-    finally:
-        rollout.close()
+    out, policy, before = draw(actor.url, trainer, always_wrong)
     assert policy.calls == 3  # the first draw, then two redraws of France's group
     assert len(out["rollout"]) == 4 and {r.answer for r in out["rollout"][:2]} <= {"Lyon", "Nice"}
     assert trainer.metrics["sampling/redraws"][before:] == [2.0]
